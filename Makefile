@@ -1,0 +1,40 @@
+# The two commands a fresh machine needs:  make serve  |  make test
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+MODELS ?= efficientnet_lite0 tiny
+HOST   ?= 0.0.0.0
+PORT   ?= 8000
+ARGS   ?=
+
+.PHONY: serve test install models services system-packages bench loadtest workload lint clean
+
+serve: install models  ## run the server on $(HOST):$(PORT)
+	$(BIN)/batchserve serve --host $(HOST) --port $(PORT) $(ARGS)
+
+test: install models services system-packages  ## everything CI runs
+	$(BIN)/python -m pytest $(ARGS)
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+models: install  ## build the ONNX graphs that are missing (no-op when built)
+	@for m in $(MODELS); do $(BIN)/batchserve models build $$m --if-missing || exit 1; done
+
+services:  ## make sure PostgreSQL answers on 127.0.0.1:5432
+	bash scripts/ensure-services.sh
+
+system-packages:  ## Debian packages the tests drive: chromium (UI tests), wrk (bench)
+	bash scripts/ensure-system-packages.sh
+
+bench: install models system-packages
+	$(BIN)/batchserve bench $(ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis
