@@ -1,0 +1,169 @@
+"""Which image formats batchserve decodes, recognised from their magic bytes.
+
+The bytes decide the format, not the file name or the declared Content-Type: clients label
+uploads wrongly all the time (a PNG sent as `image/jpeg` is common), while a magic number is
+what the decoder will actually see. The declared type only decides whether the request is
+about an image at all (415 when it plainly is not).
+"""
+
+from __future__ import annotations
+
+from functools import cache
+
+from PIL import features
+
+from model_repo.errors import ImageDecodeError, UnsupportedImageType
+
+# format name -> (Pillow's format id, canonical media type)
+_FORMATS: dict[str, tuple[str, str]] = {
+    "jpeg": ("JPEG", "image/jpeg"),
+    "png": ("PNG", "image/png"),
+    "gif": ("GIF", "image/gif"),
+    "webp": ("WEBP", "image/webp"),
+    "bmp": ("BMP", "image/bmp"),
+    "tiff": ("TIFF", "image/tiff"),
+    "avif": ("AVIF", "image/avif"),
+}
+
+# Media types clients actually send for the formats above (non-standard aliases included).
+_MEDIA_TYPES: dict[str, str] = {
+    "image/jpeg": "jpeg",
+    "image/jpg": "jpeg",
+    "image/pjpeg": "jpeg",
+    "image/png": "png",
+    "image/x-png": "png",
+    "image/apng": "png",
+    "image/gif": "gif",
+    "image/webp": "webp",
+    "image/bmp": "bmp",
+    "image/x-bmp": "bmp",
+    "image/x-ms-bmp": "bmp",
+    "image/tiff": "tiff",
+    "image/tiff-fx": "tiff",
+    "image/avif": "avif",
+}
+
+# Declared types that mean "no opinion, look at the bytes".
+_SNIFF_TYPES = frozenset({"", "application/octet-stream", "binary/octet-stream"})
+
+_TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+_HEIF_BRANDS = frozenset({b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs", b"mif1", b"msf1"})
+_AVIF_BRANDS = frozenset({b"avif", b"avis"})
+
+
+@cache
+def supported_formats() -> frozenset[str]:
+    """The formats this process decodes (AVIF only where Pillow was built with it)."""
+    names = set(_FORMATS)
+    if not features.check("avif"):
+        names.discard("avif")
+    return frozenset(names)
+
+
+def pillow_format(fmt: str) -> str:
+    """Pillow's id for one of our format names (what `Image.open(formats=...)` takes)."""
+    return _FORMATS[fmt][0]
+
+
+def content_type_for(fmt: str) -> str:
+    """The canonical media type of a format name, e.g. "jpeg" -> "image/jpeg"."""
+    try:
+        return _FORMATS[fmt][1]
+    except KeyError:
+        raise ValueError(f"unknown image format {fmt!r}; known: {', '.join(sorted(_FORMATS))}") from None
+
+
+def _iso_bmff_brands(data: bytes) -> set[bytes]:
+    """Major and compatible brands of an ISO-BMFF `ftyp` box (AVIF and HEIF files start with one)."""
+    if len(data) < 16 or data[4:8] != b"ftyp":
+        return set()
+    box_size = int.from_bytes(data[0:4], "big")
+    end = min(max(box_size, 16), len(data), 256)
+    brands = {data[8:12]}
+    brands.update(data[i : i + 4] for i in range(16, end - 3, 4))
+    return brands
+
+
+def _sniff_any(data: bytes) -> str | None:
+    """Every format we can name from its magic bytes, decodable or not."""
+    if data[:3] == b"\xff\xd8\xff":
+        return "jpeg"
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        return "png"
+    if data[:6] in (b"GIF87a", b"GIF89a"):
+        return "gif"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "webp"
+    if data[:2] == b"BM" and len(data) >= 26:  # 14-byte file header + the smallest info header
+        return "bmp"
+    if data[:4] in _TIFF_MAGIC:
+        return "tiff"
+    brands = _iso_bmff_brands(data)
+    if brands & _AVIF_BRANDS:
+        return "avif"
+    if brands & _HEIF_BRANDS:
+        return "heic"
+    head = data[:512].lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    if head.startswith(b"<svg") or (head.startswith(b"<?xml") and b"<svg" in head):
+        return "svg"
+    return None
+
+
+def sniff_format(data: bytes) -> str | None:
+    """The decodable format the bytes announce ("jpeg", "png", ...), or None.
+
+    Only looks at magic numbers: a match says what to try, not that decoding will succeed.
+    """
+    fmt = _sniff_any(data)
+    return fmt if fmt in supported_formats() else None
+
+
+def describe_bytes(data: bytes) -> str:
+    """A short hex dump of the first bytes, for error messages about unrecognised input."""
+    if not data:
+        return "the body is empty"
+    return f"first bytes: {data[:8].hex(' ')}"
+
+
+def require_format(data: bytes) -> str:
+    """The decodable format of `data`, or the typed error that explains why there is none."""
+    fmt = _sniff_any(data)
+    if fmt in supported_formats():
+        return fmt  # type: ignore[return-value]
+    if fmt is not None:
+        raise UnsupportedImageType(
+            f"{fmt.upper()} images are not supported; send one of: {_supported_list()}"
+        )
+    raise ImageDecodeError(f"not a recognised image format ({describe_bytes(data)})")
+
+
+def _media_type(content_type: str) -> str:
+    return content_type.split(";", 1)[0].strip().lower()
+
+
+def _supported_list() -> str:
+    return ", ".join(_FORMATS[f][1] for f in sorted(supported_formats()))
+
+
+def check_declared_type(content_type: str | None, data: bytes) -> str:
+    """Accept or refuse an upload by its declared type, then return the format of its bytes.
+
+    - absent, empty or `application/octet-stream`: the bytes decide;
+    - a media type of a format we decode (aliases such as `image/jpg` included): the bytes
+      decide, so a mislabelled but valid image is still accepted;
+    - any other type, `image/svg+xml` or `image/heic` as much as `text/plain`: UnsupportedImageType.
+
+    Raises ImageDecodeError when the type is acceptable but the bytes are not a known image.
+    """
+    media_type = _media_type(content_type or "")
+    if media_type not in _SNIFF_TYPES and media_type not in _MEDIA_TYPES:
+        raise UnsupportedImageType(
+            f"content type {media_type or content_type!r} is not an image type this server decodes; "
+            f"send one of: {_supported_list()}"
+        )
+    declared = _MEDIA_TYPES.get(media_type)
+    if declared is not None and declared not in supported_formats():
+        raise UnsupportedImageType(
+            f"{media_type} is not supported by this build; send one of: {_supported_list()}"
+        )
+    return require_format(data)
