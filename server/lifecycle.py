@@ -1,0 +1,96 @@
+"""Running the server, and the one shutdown sequence.
+
+SIGTERM → /readyz answers 503 (draining) → keep serving for `drain_delay` so load balancers
+notice → stop accepting → in-flight and queued batches finish → the event writer flushes (or
+spills to its journal) → exit, all within `shutdown_grace` (default 8 s, under Cloud Run's 10 s).
+A second SIGINT (Ctrl-C twice) forces an immediate exit.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from types import FrameType
+
+import uvicorn
+
+from server.app import build_state, create_app
+from server.config import ServerConfig
+from server.state import AppState
+
+log = logging.getLogger("batchserve.lifecycle")
+# Time the lifespan shutdown keeps for closing batchers and flushing events.
+FLUSH_RESERVE_S = 1.5
+
+
+class GracefulServer(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, state: AppState) -> None:
+        super().__init__(config)
+        self.state = state
+        state.lifecycle.on_exit_request = self._exit_now
+
+    def _exit_now(self) -> None:
+        self.should_exit = True
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        life = self.state.lifecycle
+        if life.draining:
+            if sig == signal.SIGINT:
+                log.warning("second interrupt: exiting without waiting")
+                self.force_exit = True
+                self.should_exit = True
+            return
+        grace = self.state.config.shutdown_grace
+        drain = 0.0 if sig == signal.SIGINT else self.state.config.drain_delay
+        life.draining = True
+        life.shutdown_deadline = time.monotonic() + grace
+        log.info("%s: draining (readiness 503), stop accepting in %.1f s, exit within %.1f s",
+                 signal.Signals(sig).name, drain, grace)
+        threading.Timer(drain, self._stop_accepting).start()
+        watchdog = threading.Timer(grace + 0.5, self._grace_exceeded)
+        watchdog.daemon = True
+        watchdog.start()
+
+    def _stop_accepting(self) -> None:
+        self.state.lifecycle.refusing = True
+        self.should_exit = True  # uvicorn's main loop sees it within 0.1 s and closes the listeners
+
+    @staticmethod
+    def _grace_exceeded() -> None:
+        log.error("shutdown grace exceeded: exiting now")
+        logging.shutdown()
+        os._exit(1)
+
+
+def uvicorn_config(config: ServerConfig, app) -> uvicorn.Config:
+    connections_grace = max(0.5, config.shutdown_grace - config.drain_delay - FLUSH_RESERVE_S)
+    return uvicorn.Config(
+        app,
+        host=config.host,
+        port=config.port,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        access_log=config.access_log,
+        log_config=None,  # our own logging set-up stays in charge
+        timeout_graceful_shutdown=connections_grace,
+        timeout_keep_alive=30,
+        backlog=2048,
+        server_header=False,
+    )
+
+
+def serve(config: ServerConfig) -> int:
+    """Run until a signal; returns the process exit code."""
+    state = build_state(config)
+    app = create_app(config, load_in_background=True, state=state)
+    server = GracefulServer(uvicorn_config(config, app), state)
+    log.info("batchserve listening on http://%s:%d (models: %s)", config.host, config.port,
+             ", ".join(config.models) or "all built" + (" + simulated" if config.simulate_model else ""))
+    server.run()
+    if not server.started:
+        return 1
+    return state.lifecycle.exit_code

@@ -1,0 +1,204 @@
+"""Prometheus metrics: one CollectorRegistry per app (so tests can build several apps), fed by
+three sources.
+
+- HTTP: a pure ASGI wrapper counts and times every answer by route template (never the raw
+  path: unknown paths share the label "other", so clients cannot grow the label set).
+- Batches: the registry's `on_batch` hook observes each batch's size, compute time and wait.
+- State: a custom collector reads the batchers' and the event writer's own counters at scrape
+  time, so gauges such as queue depth are never stale and cost nothing between scrapes.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    disable_created_metrics,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.registry import Collector
+
+from batching import BatchRecord
+from server.leases import leased
+
+if TYPE_CHECKING:
+    from litestar.types import ASGIApp, Message, Receive, Scope, Send
+
+    from server.state import AppState
+
+log = logging.getLogger("batchserve.metrics")
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+OTHER_ROUTE = "other"
+# Any method string can reach the server; labels keep only the standard ones.
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+class Metrics:
+    def __init__(self) -> None:
+        # `_created` series double the scrape size and no dashboard here reads them.
+        disable_created_metrics()
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.http_requests = Counter(
+            "batchserve_http_requests", "HTTP requests answered, by route template, model and status.",
+            ["method", "route", "model", "status"], registry=r,
+        )
+        self.http_duration = Histogram(
+            "batchserve_http_request_duration_seconds", "Time from request start to the last byte of the answer.",
+            ["method", "route", "model"], buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.queue_wait = Histogram(
+            "batchserve_batch_queue_wait_seconds",
+            "Per batch: how long its longest-waiting request sat in the queue before the batch started.",
+            ["model", "version"], buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.compute = Histogram(
+            "batchserve_batch_compute_seconds", "Per batch: duration of the model call.",
+            ["model", "version"], buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.batch_size = Histogram(
+            "batchserve_batch_size", "Samples per batch.", ["model", "version"], buckets=BATCH_SIZE_BUCKETS, registry=r,
+        )
+        self.batches = Counter(
+            "batchserve_batches", "Batches run, by outcome (ok or failed).", ["model", "version", "outcome"], registry=r,
+        )
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+
+    def observe_batch(self, model: str, version: int, record: BatchRecord) -> None:
+        """The ModelRegistry's on_batch hook: called once per batch, successful or not."""
+        labels = (model, str(version))
+        self.batch_size.labels(*labels).observe(record.size)
+        self.compute.labels(*labels).observe(record.compute_s)
+        self.queue_wait.labels(*labels).observe(record.queue_s_max)
+        self.batches.labels(*labels, "ok" if record.ok else "failed").inc()
+
+    def watch(self, state: AppState) -> None:
+        """Expose the live state of `state` (batchers, models, event writer) at scrape time."""
+        self.registry.register(StateCollector(state))
+
+    def observe_http(self, method: str, route: str, model: str, status: int, seconds: float) -> None:
+        self.http_requests.labels(method, route, model, str(status)).inc()
+        self.http_duration.labels(method, route, model).observe(seconds)
+
+    def exposition(self, accept: str | None) -> tuple[bytes, str]:
+        """The scrape body and its content type, negotiated (OpenMetrics when the scraper asks)."""
+        encoder, content_type = choose_encoder(accept or "")
+        return encoder(self.registry), content_type
+
+
+class StateCollector(Collector):
+    def __init__(self, state: AppState) -> None:
+        self.state = state
+
+    def collect(self) -> Iterable[Metric]:
+        # A scrape must never fail because one source misbehaves: log it and serve the rest.
+        for part in (self._batchers, self._models, self._events):
+            try:
+                yield from part()
+            except Exception:  # noqa: BLE001
+                log.exception("collecting %s metrics failed", part.__name__.strip("_"))
+
+    def _batchers(self) -> Iterator[Metric]:
+        labels = ["model", "version"]
+        depth = GaugeMetricFamily("batchserve_queue_depth", "Samples waiting in the batcher queue.", labels=labels)
+        queued = GaugeMetricFamily("batchserve_queued_requests", "Requests with samples waiting in the queue.",
+                                   labels=labels)
+        inflight = GaugeMetricFamily("batchserve_inflight_batches", "Batches running now.", labels=labels)
+        accepted = CounterMetricFamily("batchserve_batcher_requests", "Requests accepted into the queue.",
+                                       labels=labels)
+        rejected = CounterMetricFamily("batchserve_batcher_rejected", "Requests refused because the queue was full.",
+                                       labels=labels)
+        expired = CounterMetricFamily("batchserve_batcher_expired", "Requests that missed their deadline.",
+                                      labels=labels)
+        for model in self.state.registry.loaded():
+            stats = model.batcher.stats
+            values = [model.name, str(model.version)]
+            depth.add_metric(values, stats.queue_depth)
+            queued.add_metric(values, stats.queued_requests)
+            inflight.add_metric(values, stats.inflight_batches)
+            accepted.add_metric(values, stats.requests_total)
+            rejected.add_metric(values, stats.rejected_total)
+            expired.add_metric(values, stats.expired_total)
+        yield from (depth, queued, inflight, accepted, rejected, expired)
+
+    def _models(self) -> Iterator[Metric]:
+        ready = GaugeMetricFamily(
+            "batchserve_model_ready", "1 when the model version is loaded and takes requests, 0 when only on disk.",
+            labels=["model", "version"],
+        )
+        seen = set()
+        for model in self.state.registry.loaded():
+            seen.add((model.name, str(model.version)))
+            ready.add_metric([model.name, str(model.version)], 0.0 if model.batcher.closing else 1.0)
+        for row in self.state.registry.repository_index():
+            key = (row["name"], row["version"])
+            if row["version"] and key not in seen:
+                ready.add_metric(list(key), 0.0)
+        yield ready
+        yield GaugeMetricFamily("batchserve_server_ready", "1 when /readyz answers 200.",
+                                value=1.0 if self.state.ready else 0.0)
+
+    def _events(self) -> Iterator[Metric]:
+        writer = self.state.writer
+        if writer is None:
+            return
+        stats = writer.stats  # type: ignore[attr-defined]
+        for name, doc, value in (
+            ("written", "Events committed to the store from memory.", stats.written_total),
+            ("spilled", "Events written to the spill journal while the store was unreachable.", stats.spilled_total),
+            ("replayed", "Journaled events later committed to the store.", stats.replayed_total),
+            ("dropped", "Events lost: buffer and journal both full, or recorded after shutdown.", stats.dropped_total),
+            ("flush_errors", "Failed writes to the event store.", stats.flush_errors_total),
+        ):
+            yield CounterMetricFamily(f"batchserve_events_{name}", doc, value=value)
+        yield GaugeMetricFamily("batchserve_events_buffered", "Events in memory waiting to be written.",
+                                value=stats.buffered)
+        yield GaugeMetricFamily("batchserve_events_journal_bytes", "Size of the spill journal.",
+                                value=stats.journal_bytes)
+        yield GaugeMetricFamily("batchserve_events_store_healthy", "1 when the last event store operation succeeded.",
+                                value=1.0 if stats.healthy else 0.0)
+
+
+class HttpMetricsMiddleware:
+    """Pure ASGI, wrapped around the whole app (outside routing) so 404s and 405s count too."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500  # what the client sees if the app dies before answering
+
+        async def send_and_watch(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_watch)
+        finally:
+            # Routing fills in the template; a path that matched no route never gets one.
+            route = scope.get("path_template") if scope.get("route_handler") is not None else None
+            models = leased()
+            method = scope.get("method", "GET")
+            self.metrics.observe_http(
+                method if method in METHODS else "OTHER", route or OTHER_ROUTE, models[0].name if models else "", status,
+                time.perf_counter() - started,
+            )

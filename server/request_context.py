@@ -1,0 +1,86 @@
+"""Per-request identity: the request id every response and log line carries, and who asked.
+
+A pure ASGI middleware (not a Litestar hook) so error answers rendered anywhere, including
+Litestar's own 404/405, get the `X-Request-ID` header too.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import hashlib
+import re
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
+
+current_request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+_SAFE_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+ANONYMOUS = "anonymous"
+
+
+def user_from_api_key(api_key: str | None) -> str:
+    """Events name a user by a key id derived from the key, never by the key itself."""
+    if not api_key:
+        return ANONYMOUS
+    return "key-" + hashlib.sha256(api_key.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Caller:
+    request_id: str
+    user: str
+    client_ip: str | None
+    user_agent: str | None
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", ()):
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
+def caller_of(scope: Scope) -> Caller:
+    client = scope.get("client")
+    return Caller(
+        request_id=scope.get("state", {}).get("request_id") or current_request_id.get(),
+        user=user_from_api_key(_header(scope, b"x-api-key")),
+        client_ip=client[0] if client else None,
+        user_agent=_header(scope, b"user-agent"),
+    )
+
+
+def request_id_of(scope: Scope) -> str:
+    """The request's id: set by the middleware, else the client's (when sane), else a new one."""
+    state = scope.setdefault("state", {})
+    if "request_id" not in state:
+        given = _header(scope, b"x-request-id")
+        state["request_id"] = given if given and _SAFE_ID.match(given) else uuid.uuid4().hex
+    return state["request_id"]
+
+
+class RequestIdMiddleware:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = request_id_of(scope)
+        token = current_request_id.set(request_id)
+        raw_id = request_id.encode("latin-1")
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers: list[Any] = [h for h in message.get("headers", []) if h[0].lower() != b"x-request-id"]
+                headers.append((b"x-request-id", raw_id))
+                message["headers"] = headers
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            current_request_id.reset(token)

@@ -1,0 +1,62 @@
+"""The one exception mapper: every typed error has one status and code, rendered per route family."""
+
+import pytest
+from litestar.exceptions import MethodNotAllowedException, NotFoundException, ValidationException
+
+from batching.errors import BatcherClosed, DeadlineExceeded, QueueFull
+from events.errors import InvalidStatsQuery, StoreUnavailable
+from model_repo.errors import ImageDecodeError, ImageTooLarge, ModelNotFound, UnsupportedImageType
+from server.errors import (
+    Draining,
+    InvalidParameter,
+    InvalidRequest,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    describe,
+    render,
+)
+
+
+@pytest.mark.parametrize(
+    ("exc", "status", "code"),
+    [
+        (ImageDecodeError("not an image"), 400, "invalid_image"),
+        (ImageTooLarge(100000, 100000, 40_000_000), 413, "payload_too_large"),
+        (UnsupportedImageType("svg"), 415, "unsupported_media_type"),
+        (ModelNotFound("nope", None, ["tiny"]), 404, "model_not_found"),
+        (InvalidRequest("bad multipart"), 400, "invalid_request"),
+        (InvalidParameter("top_k"), 422, "invalid_parameter"),
+        (PayloadTooLarge("big"), 413, "payload_too_large"),
+        (UnsupportedMediaType("text/plain"), 415, "unsupported_media_type"),
+        (Draining("bye"), 503, "draining"),
+        (DeadlineExceeded(waited_s=0.5), 504, "deadline_exceeded"),
+        (BatcherClosed("closed"), 503, "draining"),
+        (NotFoundException(), 404, "not_found"),
+        (MethodNotAllowedException(), 405, "method_not_allowed"),
+        (ValidationException("bad", extra=[{"key": "top_k", "message": "expected int"}]), 422, "invalid_parameter"),
+        (InvalidStatsQuery("from is later than to"), 422, "invalid_parameter"),
+        (StoreUnavailable("connection refused"), 503, "events_unavailable"),
+        (RuntimeError("bug"), 500, "internal"),
+    ],
+)
+def test_each_error_has_one_status_and_code(exc: Exception, status: int, code: str) -> None:
+    info = describe(exc)
+    assert (info.status, info.code) == (status, code)
+    assert info.message
+
+
+def test_queue_full_carries_retry_after_rounded_up() -> None:
+    info = describe(QueueFull(queued=10, requested=1, capacity=10, retry_after_s=2.2))
+    assert (info.status, info.code) == (503, "queue_full")
+    assert info.headers["Retry-After"] == "3"
+
+
+def test_internal_errors_do_not_leak_details() -> None:
+    assert "secret" not in describe(RuntimeError("secret path /etc/passwd")).message
+
+
+def test_v1_and_v2_bodies_differ_only_in_shape() -> None:
+    info = describe(ImageDecodeError("cannot identify image"))
+    assert render(info, "/v1/classify").content == {"error": {"code": "invalid_image", "message": "cannot identify image"}}
+    v2 = render(info, "/v2/models/x/infer").content
+    assert v2 == {"error": "cannot identify image"}

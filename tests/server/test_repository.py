@@ -1,0 +1,141 @@
+"""Triton's repository extension and model control: index, load, unload, authorisation, version
+policies, and the rule that a retired version finishes the requests that hold it."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from model_repo.build import build_model
+from server.config import ServerConfig
+from server.leases import LeaseScope
+from server.registry import ModelRegistry
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY_CONFIG = ROOT / "model_repo" / "models" / "tiny" / "config.toml"
+
+
+def set_policy(repo: Path, policy: str) -> None:
+    """Rewrite tiny's [versions] table, e.g. 'policy = "specific"\\nspecific = [1]'."""
+    config = repo / "tiny" / "config.toml"
+    text = config.read_text()
+    head = text.split("[versions]")[0]
+    config.write_text(head + "[versions]\n" + policy + "\n")
+
+
+@pytest.fixture
+def two_versions(tmp_path: Path) -> Path:
+    """A repository holding tiny versions 1 and 2."""
+    repo = tmp_path / "repo"
+    (repo / "tiny").mkdir(parents=True)
+    shutil.copy(TINY_CONFIG, repo / "tiny" / "config.toml")
+    for version in (1, 2):
+        build_model("tiny", repo, version=version, progress=lambda _msg: None)
+    return repo
+
+
+async def test_index_lists_loaded_and_unloaded_models(make_client) -> None:
+    async with make_client() as client:
+        everything = (await client.post("/v2/repository/index")).json()
+        ready_only = (await client.post("/v2/repository/index", json={"ready": True})).json()
+        bad = await client.post("/v2/repository/index", content=b"{not json")
+    rows = {(r["name"], r["version"]): r["state"] for r in everything}
+    assert rows[("tiny", "1")] == "READY"
+    assert rows[("efficientnet_lite0", "1")] == "UNAVAILABLE"
+    assert [(r["name"], r["state"]) for r in ready_only] == [("tiny", "READY")]
+    assert bad.status_code == 400 and isinstance(bad.json()["error"], str)
+
+
+async def test_control_routes_are_off_by_default(make_client) -> None:
+    async with make_client() as client:
+        for action in ("load", "unload"):
+            response = await client.post(f"/v2/repository/models/tiny/{action}")
+            assert response.status_code == 403
+            assert response.json() == {"error": "model control is disabled; start with --model-control explicit"}
+        assert (await client.get("/v2/models/tiny/ready")).status_code == 200
+
+
+async def test_admin_key_is_required_when_set(make_client) -> None:
+    async with make_client(model_control="explicit", admin_key="s3cret") as client:
+        missing = await client.post("/v2/repository/models/tiny/load")
+        wrong = await client.post("/v2/repository/models/tiny/load", headers={"X-Admin-Key": "guess"})
+        right = await client.post("/v2/repository/models/tiny/load", headers={"X-Admin-Key": "s3cret"})
+    assert missing.status_code == 401 and "X-Admin-Key" in missing.json()["error"]
+    assert wrong.status_code == 403 and "does not match" in wrong.json()["error"]
+    assert right.status_code == 200 and right.json() == {"name": "tiny", "versions": ["1"], "state": "READY"}
+
+
+async def test_unload_then_load_again(make_client, chelsea: bytes) -> None:
+    async with make_client(model_control="explicit") as client:
+        before = client.app_state.registry.get("tiny")
+        reload = await client.post("/v2/repository/models/tiny/load")
+        assert reload.status_code == 200
+        assert client.app_state.registry.get("tiny") is before  # unchanged files: the warm version stays
+        assert (await client.post("/v2/repository/models/tiny/unload")).status_code == 200
+        assert (await client.get("/v2/models/tiny")).status_code == 404
+        assert (await client.post("/v1/classify?model=tiny", content=chelsea)).status_code == 404
+        assert (await client.get("/v2/health/ready")).status_code == 503
+        index = (await client.post("/v2/repository/index")).json()
+        assert {"name": "tiny", "version": "1", "state": "UNAVAILABLE", "reason": ""} in index
+        assert (await client.post("/v2/repository/models/tiny/unload")).status_code == 404
+        assert (await client.post("/v2/repository/models/nope/load")).status_code == 404
+        assert (await client.post("/v2/repository/models/tiny/load",
+                                  json={"parameters": {"config": "{}"}})).status_code == 400
+        assert (await client.post("/v2/repository/models/tiny/load")).status_code == 200
+        assert (await client.get("/v2/health/ready")).status_code == 200
+        assert (await client.post("/v1/classify?model=tiny", content=chelsea)).status_code == 200
+        await client.app_state.registry.wait_retired(timeout=30)
+        assert before.batcher.closing
+
+
+async def test_version_policy_decides_what_a_load_serves(make_client, two_versions: Path) -> None:
+    async with make_client(model_repo=two_versions, model_control="explicit") as client:
+        registry = client.app_state.registry
+        assert registry.versions("tiny") == [2]  # policy "latest 1"
+        set_policy(two_versions, 'policy = "specific"\nspecific = [1]')
+        assert (await client.post("/v2/repository/models/tiny/load")).json()["versions"] == ["1"]
+        assert registry.versions("tiny") == [1]
+        set_policy(two_versions, 'policy = "latest"\nlatest = 2')
+        assert (await client.post("/v2/repository/models/tiny/load")).json()["versions"] == ["1", "2"]
+        meta = (await client.get("/v2/models/tiny")).json()
+        assert meta["versions"] == ["1", "2"]
+        assert (await client.get("/v2/models/tiny/versions/1/ready")).status_code == 200
+        config = (await client.get("/v2/models/tiny/config")).json()
+        assert config["version_policy"] == {"latest": {"num_versions": 2}}
+
+
+async def test_a_retired_version_finishes_the_requests_that_hold_it(two_versions: Path) -> None:
+    registry = ModelRegistry(ServerConfig(model_repo=two_versions, events=False))
+    await registry.load("tiny")
+    looked_up = asyncio.Event()
+    resume = asyncio.Event()
+    answers: list[int] = []
+
+    async def request(scope, receive, send) -> None:
+        # As a route does: resolve the model first, read/decode for a while, then submit.
+        model = registry.get("tiny")
+        looked_up.set()
+        await resume.wait()
+        outcome = await model.batcher.submit([np.zeros((3, 224, 224), np.float32)])
+        answers.append(model.version)
+        assert len(outcome.results) == 1
+
+    in_flight = asyncio.create_task(LeaseScope(request)({"type": "http"}, None, None))
+    await looked_up.wait()
+    old = registry.get("tiny")
+    set_policy(two_versions, 'policy = "specific"\nspecific = [1]')
+    await registry.load("tiny")
+    assert registry.get("tiny").version == 1
+    assert old.version == 2 and old.leases.count == 1
+    assert not await registry.wait_retired(timeout=0.2)  # still held: version 2 stays open
+    assert not old.batcher.closing
+    resume.set()
+    await in_flight
+    assert answers == [2]
+    assert await registry.wait_retired(timeout=30)
+    assert old.batcher.closing and old.leases.count == 0
+    await registry.close(timeout=10)
