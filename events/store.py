@@ -29,6 +29,29 @@ DimKeys = dict[str, dict[Hashable, int]]
 _MIN_QUERY_TIMEOUT_S = 30.0
 
 
+# The fact table's columns, in the order fact_record() yields them.
+FACT_COLUMNS = (
+    "event_id",
+    "request_id",
+    "event_ts",
+    "time_key",
+    "user_key",
+    "image_key",
+    "class_key",
+    "route",
+    "model_name",
+    "model_version",
+    "score",
+    "status",
+    "error_code",
+    "latency_ms",
+    "queue_ms",
+    "inference_ms",
+    "batch_size",
+    "request_count",
+)
+
+
 class StaleDimensionKey(StoreError):
     """A cached surrogate key no longer exists in the store (its row was deleted)."""
 
@@ -137,6 +160,27 @@ class EventStore(ABC):
 
     def _reset_connections(self) -> None:  # noqa: B027 - optional hook, most stores need nothing
         """Drop connections an abandoned operation may hang on (no-op where nothing can hang)."""
+
+    @classmethod
+    def fact_record(cls, fact: FactRow, keys: DimKeys, event_ts: Any) -> tuple[Any, ...]:
+        """One fact row's values in FACT_COLUMNS order (``event_ts`` as the driver wants it)."""
+        return (
+            fact.event_id,
+            fact.request_id,
+            event_ts,
+            *cls.fact_keys(fact, keys),
+            fact.route,
+            fact.model_name,
+            fact.model_version,
+            fact.score,
+            fact.status,
+            fact.error_code,
+            fact.latency_ms,
+            fact.queue_ms,
+            fact.inference_ms,
+            fact.batch_size,
+            fact.request_count,
+        )
 
     @staticmethod
     def fact_keys(fact: FactRow, keys: DimKeys) -> tuple[int, int, int | None, int | None]:

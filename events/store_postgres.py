@@ -13,32 +13,12 @@ from .config import redact_url
 from .errors import SchemaMissing, StoreError, StoreUnavailable
 from .migrate import migrate_postgres, postgres_schema_version
 from .rows import ClassRow, ImageRow, PreparedBatch, TimeRow, UserRow
-from .store import DimKeys, EventStore, StaleDimensionKey
+from .store import FACT_COLUMNS, DimKeys, EventStore, StaleDimensionKey
 
 __all__ = ["PostgresStore"]
 
 log = logging.getLogger(__name__)
 
-FACT_COLUMNS = (
-    "event_id",
-    "request_id",
-    "event_ts",
-    "time_key",
-    "user_key",
-    "image_key",
-    "class_key",
-    "route",
-    "model_name",
-    "model_version",
-    "score",
-    "status",
-    "error_code",
-    "latency_ms",
-    "queue_ms",
-    "inference_ms",
-    "batch_size",
-    "request_count",
-)
 _STAGE = "batchserve_fact_stage"
 # A per-connection temp table: COPY cannot say ON CONFLICT, so facts are copied here and moved
 # with INSERT ... SELECT ... ON CONFLICT (event_id) DO NOTHING, which makes replays idempotent.
@@ -194,26 +174,7 @@ class PostgresStore(EventStore):
                     raise StoreError(f"{dim}_dim upsert resolved {len(found)} of {len(rows)} keys")
                 new_keys[dim] = found
             keys = {dim: {**known[dim], **new_keys.get(dim, {})} for dim in known}
-            records = [
-                (
-                    f.event_id,
-                    f.request_id,
-                    f.event_ts,
-                    *self.fact_keys(f, keys),
-                    f.route,
-                    f.model_name,
-                    f.model_version,
-                    f.score,
-                    f.status,
-                    f.error_code,
-                    f.latency_ms,
-                    f.queue_ms,
-                    f.inference_ms,
-                    f.batch_size,
-                    f.request_count,
-                )
-                for f in batch.facts
-            ]
+            records = [self.fact_record(f, keys, f.event_ts) for f in batch.facts]
             await con.copy_records_to_table(_STAGE, records=records, columns=FACT_COLUMNS)
             status = await con.execute(_MOVE_STAGE)
         return new_keys, int(status.rsplit(" ", 1)[-1])

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 from .errors import SchemaMissing, StoreError, StoreUnavailable
 from .migrate import migrate_sqlite, sqlite_schema_version
 from .rows import PreparedBatch
-from .store import DimKeys, EventStore, StaleDimensionKey
+from .store import FACT_COLUMNS, DimKeys, EventStore, StaleDimensionKey
 
 __all__ = ["SqliteStore", "format_ts", "parse_ts"]
 
@@ -60,9 +60,7 @@ _SELECT = {
     "class": "SELECT nk, class_key FROM class_dim WHERE nk IN ({})",
 }
 _INSERT_FACT = (
-    "INSERT INTO api_event_fact (event_id, request_id, event_ts, time_key, user_key, image_key, class_key, "
-    "route, model_name, model_version, score, status, error_code, latency_ms, queue_ms, inference_ms, "
-    "batch_size, request_count) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    f"INSERT INTO api_event_fact ({', '.join(FACT_COLUMNS)}) VALUES ({', '.join('?' * len(FACT_COLUMNS))}) "
     "ON CONFLICT (event_id) DO NOTHING"
 )
 
@@ -194,26 +192,7 @@ class SqliteStore(EventStore):
             before = con.total_changes
             con.executemany(
                 _INSERT_FACT,
-                [
-                    (
-                        f.event_id,
-                        f.request_id,
-                        format_ts(f.event_ts),
-                        *self.fact_keys(f, keys),
-                        f.route,
-                        f.model_name,
-                        f.model_version,
-                        f.score,
-                        f.status,
-                        f.error_code,
-                        f.latency_ms,
-                        f.queue_ms,
-                        f.inference_ms,
-                        f.batch_size,
-                        f.request_count,
-                    )
-                    for f in batch.facts
-                ],
+                [self.fact_record(f, keys, format_ts(f.event_ts)) for f in batch.facts],
             )
             inserted = con.total_changes - before
             con.execute("COMMIT")

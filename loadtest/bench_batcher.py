@@ -39,58 +39,35 @@ from typing import Any
 
 try:
     from batching import Batcher, BatchingConfig
+    from batching.cost import CostModel, SerialDevice
 except ModuleNotFoundError:  # run from a checkout that is not installed
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from batching import Batcher, BatchingConfig
+    from batching.cost import CostModel, SerialDevice
 
 FORMULA = "k / (a + b*k) items/s, k = min(concurrency * items_per_request, max_batch_size); serial device"
 
 
-@dataclass(frozen=True)
-class Cost:
-    a_ms: float
-    b_ms: float
-
-    @classmethod
-    def parse(cls, text: str) -> Cost:
-        try:
-            a, b = (float(part) for part in text.split("+"))
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"cost must look like A+B (milliseconds), got {text!r}") from None
-        if not (math.isfinite(a) and math.isfinite(b)) or a < 0 or b < 0 or a + b <= 0:
-            raise argparse.ArgumentTypeError(f"cost terms must be >= 0 and not both 0, got {text!r}")
-        return cls(a, b)
-
-    def batch_s(self, n: int) -> float:
-        return (self.a_ms + self.b_ms * n) / 1000.0
-
-    def ceiling(self, k: int) -> float:
-        return k / self.batch_s(k)
+def parse_cost(text: str) -> CostModel:
+    try:
+        return CostModel.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-class SimulatedDevice:
-    """One serial accelerator: batches run back to back in submission order, each for a + b·n."""
+class EchoDevice:
+    """The batch function: the serial device's time, then each item back as its own answer."""
 
-    def __init__(self, cost: Cost) -> None:
-        self._cost = cost
-        self._free_at = 0.0
-        self.busy_s = 0.0
+    def __init__(self, cost: CostModel) -> None:
+        self.device = SerialDevice(cost)
+
+    @property
+    def busy_s(self) -> float:
+        return self.device.busy_s
 
     async def __call__(self, items: list[Any]) -> list[Any]:
-        loop = asyncio.get_running_loop()
-        duration = self._cost.batch_s(len(items))
-        start = max(loop.time(), self._free_at)
-        self._free_at = start + duration
-        self.busy_s += duration
-        done: asyncio.Future[None] = loop.create_future()
-        loop.call_at(self._free_at, _resolve, done)
-        await done
+        await self.device.run(len(items))
         return items
-
-
-def _resolve(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
 
 
 @dataclass(frozen=True)
@@ -126,7 +103,7 @@ def percentile(values: list[float], q: float) -> float:
 
 
 async def run_level(args: argparse.Namespace, concurrency: int, round_: int) -> LevelResult:
-    device = SimulatedDevice(args.cost)
+    device = EchoDevice(args.cost)
     config = BatchingConfig(
         max_batch_size=args.max_batch_size,
         max_queue_delay_ms=args.max_queue_delay_ms,
@@ -163,7 +140,7 @@ async def run_level(args: argparse.Namespace, concurrency: int, round_: int) -> 
 
     k = min(concurrency * args.items, args.max_batch_size)
     throughput = len(latencies) * args.items / elapsed
-    theoretical = args.cost.ceiling(k)
+    theoretical = args.cost.max_throughput(k)
     return LevelResult(
         round=round_,
         concurrency=concurrency,
@@ -234,7 +211,7 @@ async def run_all(args: argparse.Namespace) -> dict[str, Any]:
             print_overhead(result)
     return {
         "params": {
-            "cost_ms": {"a": args.cost.a_ms, "b": args.cost.b_ms},
+            "cost_ms": {"a": args.cost.fixed_ms, "b": args.cost.per_sample_ms},
             "max_batch_size": args.max_batch_size,
             "max_inflight_batches": args.max_inflight_batches,
             "max_queue_delay_ms": args.max_queue_delay_ms,
@@ -246,7 +223,7 @@ async def run_all(args: argparse.Namespace) -> dict[str, Any]:
             "python": sys.version.split()[0],
         },
         "theoretical_formula": FORMULA,
-        "device_ceiling_items_per_s": args.cost.ceiling(args.max_batch_size),
+        "device_ceiling_items_per_s": args.cost.max_throughput(args.max_batch_size),
         "levels": [asdict(level) for level in levels],
         "overhead": [asdict(result) for result in overhead],
     }
@@ -301,7 +278,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
     add = parser.add_argument
-    add("--cost", type=Cost.parse, default=Cost(8.0, 0.25), help="A+B in ms: a batch of n costs A + B*n (8+0.25)")
+    add("--cost", type=parse_cost, default=CostModel(8.0, 0.25), help="A+B in ms: a batch of n costs A + B*n (8+0.25)")
     add("--max-batch-size", type=_positive(int), default=32)
     add("--max-inflight-batches", type=_positive(int), default=2)
     add("--max-queue-delay-ms", type=float, default=0.0)
@@ -323,14 +300,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    cost: Cost = args.cost
+    cost: CostModel = args.cost
     print(
-        f"batcher bench: cost {cost.a_ms:g}+{cost.b_ms:g} ms (a + b*n per batch), "
+        f"batcher bench: cost {cost.fixed_ms:g}+{cost.per_sample_ms:g} ms (a + b*n per batch), "
         f"max_batch_size {args.max_batch_size}, max_inflight_batches {args.max_inflight_batches}, "
         f"max_queue_delay_ms {args.max_queue_delay_ms:g}, "
         f"{args.items} item(s)/request, {args.duration:g} s per level, {args.loop} loop"
     )
-    print(f"theoretical: {FORMULA}; device ceiling {cost.ceiling(args.max_batch_size):.1f} items/s")
+    print(f"theoretical: {FORMULA}; device ceiling {cost.max_throughput(args.max_batch_size):.1f} items/s")
     print(HEADER, flush=True)
     if args.loop == "uvloop":
         import uvloop

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 
@@ -77,6 +77,20 @@ class Deadline:
         else:
             budget = model.limits.default_timeout_ms
         return cls(started + budget / 1000.0 if budget > 0 else None)
+
+
+TIMEOUT_HEADER = "x-request-timeout-ms"
+
+
+def header_timeout_ms(headers: Mapping[str, str]) -> float | None:
+    """The client's deadline from `X-Request-Timeout-Ms` (None when absent)."""
+    value = headers.get(TIMEOUT_HEADER)
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        raise InvalidParameter(f"X-Request-Timeout-Ms must be a number of milliseconds, not {value!r}") from None
 
 
 def _decode(image: ImageInput, model: LoadedModel) -> DecodedImage:

@@ -11,8 +11,8 @@ from litestar.exceptions import InternalServerException
 from litestar.di import NamedDependency
 from litestar.params import FromPath, QueryParameter
 
-from server.errors import ErrorAnswer, InvalidParameter, InvalidRequest, UnsupportedMediaType, describe
-from server.inference import Classified, Deadline, Failed, ImageInput, validate_top_k
+from server.errors import ErrorAnswer, InvalidRequest, UnsupportedMediaType, describe
+from server.inference import Classified, Deadline, Failed, ImageInput, header_timeout_ms, validate_top_k
 from server.registry import LoadedModel, model_summary
 from server.request_context import caller_of
 from server.schemas import ClassifyResult, ErrorOut, FileOutcome, MultiClassifyResult, PredictionOut, Timing
@@ -57,18 +57,6 @@ async def read_images(request: Request, max_files: int) -> tuple[list[ImageInput
     )
 
 
-def _timeout_from(request: Request, timeout_ms: float | None) -> float | None:
-    if timeout_ms is not None:
-        return timeout_ms
-    header = request.headers.get("x-request-timeout-ms")
-    if header is None:
-        return None
-    try:
-        return float(header)
-    except ValueError:
-        raise InvalidParameter(f"X-Request-Timeout-Ms must be a number of milliseconds, not {header!r}") from None
-
-
 def _result(caller_id: str, model: LoadedModel, item: Classified, total_ms: float) -> ClassifyResult:
     return ClassifyResult(
         request_id=caller_id,
@@ -101,7 +89,7 @@ class ClassifyController(Controller):
             app_state.refuse_if_draining()
             loaded = app_state.registry.get(model, version)
             k = validate_top_k(top_k, loaded)
-            deadline = Deadline.for_request(loaded, _timeout_from(request, timeout_ms), started)
+            deadline = Deadline.for_request(loaded, timeout_ms if timeout_ms is not None else header_timeout_ms(request.headers), started)
             images, multipart = await read_images(request, app_state.config.max_images_per_request)
         except Exception as exc:
             app_state.recorder.failure(

@@ -13,8 +13,8 @@ from litestar import Controller, Request, Response, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath
 
-from server.errors import Draining, InvalidParameter, InvalidRequest, ModelNotReady, describe
-from server.inference import Deadline
+from server.errors import Draining, InvalidRequest, ModelNotReady, describe
+from server.inference import Deadline, header_timeout_ms
 from server.registry import LoadedModel
 from server.request_context import caller_of
 from server.routes.v1 import read_body
@@ -37,16 +37,6 @@ def parse_version(version: str | None) -> int | None:
     if not version.isdigit() or not 1 <= int(version) <= MAX_VERSION:
         raise InvalidRequest(f"model version must be a positive integer, not {version!r}")
     return int(version)
-
-
-def _header_timeout_ms(request: Request) -> float | None:
-    header = request.headers.get("x-request-timeout-ms")
-    if header is None:
-        return None
-    try:
-        return float(header)
-    except ValueError:
-        raise InvalidParameter(f"X-Request-Timeout-Ms must be a number of milliseconds, not {header!r}") from None
 
 
 async def _parse(request: Request, app_state: AppState) -> DecodedRequest:
@@ -117,7 +107,7 @@ class V2Controller(Controller):
             model = app_state.registry.get(name, parse_version(version))
             decoded = await _parse(request, app_state)
             plan = plan_request(decoded, model, app_state.config.max_images_per_request)
-            timeout_ms = plan.timeout_ms if plan.timeout_ms is not None else _header_timeout_ms(request)
+            timeout_ms = plan.timeout_ms if plan.timeout_ms is not None else header_timeout_ms(request.headers)
             deadline = Deadline.for_request(model, timeout_ms, started)
         except Exception as exc:
             app_state.recorder.failure(

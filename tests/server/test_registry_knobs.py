@@ -7,7 +7,8 @@ import pytest
 
 from model_repo.errors import ModelLoadError
 from server.registry import split_knobs
-from server.simulated import CostModel, SimulatedDevice
+from batching.cost import CostModel
+from server.simulated import SimulatedDevice
 
 
 def test_knobs_split_into_batching_limits_and_threads() -> None:
@@ -51,5 +52,5 @@ async def test_simulated_device_books_batches_back_to_back_and_answers_per_image
     dark, light = np.full((3, 224, 224), -0.9, np.float32), np.full((3, 224, 224), 0.7, np.float32)
     first, second = await asyncio.gather(device([dark]), device([light, dark]))
     # Two batches on one serial device: the second is booked after the first, never alongside.
-    assert 0.040 <= device._free_at - started < 0.045
+    assert 0.040 <= device.device.free_at - started < 0.045
     assert first[0].argmax() == second[1].argmax() != second[0].argmax()
