@@ -1,0 +1,280 @@
+"""Render a cloud profile with one deployment's values into an output folder.
+
+AWS: `template.yaml` (the packaged template, with every value given here as its parameter's default,
+so the file alone redeploys the same thing) and `parameters.json` (CloudFormation's parameter-file
+shape). Values are checked against the template's own declarations (AllowedValues, MinValue,
+AllowedPattern, ...) before anything is written, so a bad flag is a usage error, not a failed stack.
+
+Google Cloud: `service.yaml`, the Knative service with name, image, region and scale bounds filled in.
+
+Each rendering also knows the exact command that applies it, which `batchserve deploy` prints.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import shlex
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from deploy.aws import cfn_yaml
+from deploy.errors import UsageError
+
+SERVICE_TEMPLATE = Path(__file__).parent / "gcp" / "service.yaml"
+CAPABILITIES = ("CAPABILITY_IAM",)
+_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9-]{0,127}$")
+_SERVICE_NAME = re.compile(r"^[a-z]([a-z0-9-]{0,47}[a-z0-9])?$")
+
+
+# ---------------------------------------------------------------- AWS
+
+
+@dataclass(frozen=True)
+class AwsProfile:
+    """One deployment's choices; `parameters` are template parameter values (ImageUri included)."""
+
+    region: str
+    stack_name: str = "batchserve"
+    parameters: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RenderedStack:
+    stack_name: str
+    region: str
+    template_path: Path
+    parameters_path: Path
+    template_body: str
+    parameters: dict[str, str]
+    # Every declared parameter's default in the rendered template, as CloudFormation reports
+    # values (strings); None for parameters without one.
+    defaults: dict[str, str | None] = field(default_factory=dict)
+
+    def deploy_command(self) -> list[str]:
+        """The AWS CLI command equivalent to what `batchserve deploy aws` does through boto3."""
+        command = [
+            "aws",
+            "cloudformation",
+            "deploy",
+            "--region",
+            self.region,
+            "--stack-name",
+            self.stack_name,
+            "--template-file",
+            str(self.template_path),
+            "--capabilities",
+            *CAPABILITIES,
+            "--no-fail-on-empty-changeset",
+        ]
+        if self.parameters:
+            command += ["--parameter-overrides", *(f"{k}={v}" for k, v in self.parameters.items())]
+        return command
+
+
+def _number(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def check_parameter(name: str, value: str, spec: Mapping[str, Any]) -> str | None:
+    """Why `value` would be refused by CloudFormation for this parameter declaration, or None."""
+    kind = str(spec.get("Type", "String"))
+    if kind == "Number":
+        number = _number(value)
+        if number is None:
+            return f"{name}={value!r} is not a number"
+        if "MinValue" in spec and number < float(spec["MinValue"]):
+            return f"{name}={value} is below its minimum {spec['MinValue']}"
+        if "MaxValue" in spec and number > float(spec["MaxValue"]):
+            return f"{name}={value} is above its maximum {spec['MaxValue']}"
+    if kind == "AWS::EC2::VPC::Id" and not re.fullmatch(r"vpc-[0-9a-f]+", value):
+        return f"{name}={value!r} is not a VPC id (vpc-...)"
+    if kind == "List<AWS::EC2::Subnet::Id>":
+        ids = value.split(",")
+        if not all(re.fullmatch(r"subnet-[0-9a-f]+", s) for s in ids):
+            return f"{name}={value!r} is not a comma-separated list of subnet ids (subnet-...)"
+    allowed = spec.get("AllowedValues")
+    if allowed is not None and value not in [str(v) for v in allowed]:
+        return f"{name}={value!r} is not one of: {', '.join(str(v) for v in allowed)}"
+    pattern = spec.get("AllowedPattern")
+    if pattern is not None and not re.fullmatch(str(pattern), value):
+        hint = spec.get("ConstraintDescription", f"pattern {pattern}")
+        return f"{name}={value!r}: {hint}"
+    return None
+
+
+def check_parameters(template: Mapping[str, Any], values: Mapping[str, str]) -> list[str]:
+    declared: Mapping[str, Any] = template.get("Parameters", {})
+    problems = []
+    for name, value in values.items():
+        if name not in declared:
+            problems.append(f"unknown template parameter {name!r}; the template has: {', '.join(declared)}")
+            continue
+        problem = check_parameter(name, value, declared[name])
+        if problem:
+            problems.append(problem)
+    if problems:
+        return problems
+
+    def effective(name: str) -> float | None:
+        raw = values.get(name, declared.get(name, {}).get("Default", ""))
+        return _number(str(raw)) if str(raw) != "" else None
+
+    low, high, desired = effective("MinSize"), effective("MaxSize"), effective("DesiredCapacity")
+    if low is not None and high is not None and low > high:
+        problems.append(f"MinSize {low:g} is above MaxSize {high:g}")
+    elif desired is not None and low is not None and high is not None and not low <= desired <= high:
+        problems.append(f"DesiredCapacity {desired:g} is outside MinSize..MaxSize ({low:g}..{high:g})")
+    return problems
+
+
+def render_aws(profile: AwsProfile, out_dir: Path, template: Mapping[str, Any] | None = None) -> RenderedStack:
+    if not _NAME.match(profile.stack_name):
+        raise UsageError(
+            f"stack name {profile.stack_name!r} must start with a letter and hold only letters, "
+            "digits and hyphens (at most 128)"
+        )
+    source = copy.deepcopy(dict(template) if template is not None else cfn_yaml.load())
+    values = {k: str(v) for k, v in profile.parameters.items()}
+    problems = check_parameters(source, values)
+    if problems:
+        raise UsageError("; ".join(problems))
+    declared = source["Parameters"]
+    for name, value in values.items():
+        number = _number(value) if declared[name].get("Type") == "Number" else None
+        declared[name]["Default"] = int(number) if number is not None and number.is_integer() else value
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    body = (
+        "# Rendered by `batchserve deploy aws` from deploy/aws/template.yaml; this deployment's values\n"
+        "# are the parameter defaults. Edit the packaged template, not this file.\n" + cfn_yaml.dumps(source)
+    )
+    if len(body.encode()) > 51_200:
+        # CloudFormation's limit for a template sent inline (larger ones must come from S3).
+        raise UsageError(f"the rendered template is {len(body.encode())} bytes, above the 51200 inline limit")
+    template_path = out_dir / "template.yaml"
+    template_path.write_text(body, encoding="utf-8")
+    parameters_path = out_dir / "parameters.json"
+    parameters_path.write_text(
+        json.dumps([{"ParameterKey": k, "ParameterValue": v} for k, v in values.items()], indent=2) + "\n",
+        encoding="utf-8",
+    )
+    defaults = {name: None if "Default" not in spec else str(spec["Default"]) for name, spec in declared.items()}
+    return RenderedStack(profile.stack_name, profile.region, template_path, parameters_path, body, values, defaults)
+
+
+# ---------------------------------------------------------------- Google Cloud
+
+
+@dataclass(frozen=True)
+class GcpProfile:
+    image: str
+    region: str
+    service_name: str = "batchserve"
+    min_instances: int = 0
+    max_instances: int = 20
+    project: str | None = None
+    concurrency: int | None = None
+    database_url_secret: str | None = None  # Secret Manager secret holding the PostgreSQL URL
+    allow_unauthenticated: bool = False
+
+
+@dataclass(frozen=True)
+class RenderedService:
+    service_name: str
+    region: str
+    project: str | None
+    path: Path
+    document: dict[str, Any]
+    allow_unauthenticated: bool
+
+    def _scope(self) -> list[str]:
+        return ["--region", self.region] + (["--project", self.project] if self.project else [])
+
+    def commands(self) -> list[list[str]]:
+        """The gcloud commands that apply this rendering, in order."""
+        commands = [["gcloud", "run", "services", "replace", str(self.path), *self._scope()]]
+        if self.allow_unauthenticated:
+            commands.append(
+                [
+                    "gcloud",
+                    "run",
+                    "services",
+                    "add-iam-policy-binding",
+                    self.service_name,
+                    *self._scope(),
+                    "--member=allUsers",
+                    "--role=roles/run.invoker",
+                ]
+            )
+        return commands
+
+    def describe_command(self) -> list[str]:
+        return ["gcloud", "run", "services", "describe", self.service_name, *self._scope()]
+
+    def delete_command(self) -> list[str]:
+        return ["gcloud", "run", "services", "delete", self.service_name, *self._scope(), "--quiet"]
+
+
+def service_commands(service_name: str, region: str, project: str | None) -> RenderedService:
+    """Commands about an existing service (status, destroy) need no rendering, only its coordinates."""
+    return RenderedService(service_name, region, project, Path("service.yaml"), {}, False)
+
+
+def render_gcp(profile: GcpProfile, out_dir: Path) -> RenderedService:
+    if not _SERVICE_NAME.match(profile.service_name):
+        raise UsageError(
+            f"service name {profile.service_name!r} must be lower-case letters, digits and hyphens, "
+            "start with a letter, end with a letter or digit, at most 49 characters"
+        )
+    if not 0 <= profile.min_instances <= profile.max_instances or profile.max_instances < 1:
+        raise UsageError(
+            f"need 0 <= --min <= --max and --max >= 1, got --min {profile.min_instances} --max {profile.max_instances}"
+        )
+    if profile.concurrency is not None and not 1 <= profile.concurrency <= 1000:
+        raise UsageError(f"--concurrency must be 1..1000 (Cloud Run's range), got {profile.concurrency}")
+    if not profile.image.strip():
+        raise UsageError("--image must name the image built from Dockerfile.gpu")
+
+    service = yaml.safe_load(SERVICE_TEMPLATE.read_text(encoding="utf-8"))
+    service["metadata"]["name"] = profile.service_name
+    # gcloud reads the region from this label too; keeping both equal avoids its conflict error.
+    service["metadata"].setdefault("labels", {})["cloud.googleapis.com/location"] = profile.region
+    template = service["spec"]["template"]
+    annotations = template["metadata"]["annotations"]
+    annotations["autoscaling.knative.dev/minScale"] = str(profile.min_instances)
+    annotations["autoscaling.knative.dev/maxScale"] = str(profile.max_instances)
+    if profile.concurrency is not None:
+        template["spec"]["containerConcurrency"] = profile.concurrency
+    container = template["spec"]["containers"][0]
+    container["image"] = profile.image
+    if profile.database_url_secret:
+        container.setdefault("env", []).append(
+            {
+                "name": "BATCHSERVE_DATABASE_URL",
+                "valueFrom": {"secretKeyRef": {"name": profile.database_url_secret, "key": "latest"}},
+            }
+        )
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "service.yaml"
+    path.write_text(
+        "# Rendered by `batchserve deploy gcp` from deploy/gcp/service.yaml.\n"
+        + yaml.safe_dump(service, sort_keys=False, width=120),
+        encoding="utf-8",
+    )
+    return RenderedService(
+        profile.service_name, profile.region, profile.project, path.resolve(), service, profile.allow_unauthenticated
+    )
+
+
+def shell(command: list[str]) -> str:
+    return shlex.join(command)
