@@ -119,7 +119,6 @@ def create_app(config: ServerConfig, *, load_in_background: bool = False, state:
         exception_handlers={Exception: exception_handler},
         lifespan=[make_lifespan(state, load_in_background=load_in_background),
                   *([emf_lifespan(state)] if config.cloudwatch_emf else [])],
-        middleware=[RequestIdMiddleware],
         request_max_body_size=config.max_body_bytes,
         multipart_form_part_limit=config.max_images_per_request + 16,
         openapi_config=OpenAPIConfig(
@@ -134,4 +133,6 @@ def create_app(config: ServerConfig, *, load_in_background: bool = False, state:
     if isinstance(state.metrics, Metrics):
         app.asgi_handler = HttpMetricsMiddleware(app.asgi_handler, state.metrics)
     app.asgi_handler = LeaseScope(app.asgi_handler)
+    # Outermost: every answer, Litestar's own 404/405 included, carries X-Request-ID.
+    app.asgi_handler = RequestIdMiddleware(app.asgi_handler)
     return app

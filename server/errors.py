@@ -174,5 +174,4 @@ def exception_handler(request: Request, exc: Exception) -> Response:
         log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     elif isinstance(exc, ClientException) and info.code == "invalid_request":
         log.debug("client error on %s: %s", request.url.path, exc)
-    # Litestar answers unknown routes before any middleware runs, so the id may be missing here.
     return render(info, request.url.path, request_id_of(request.scope))

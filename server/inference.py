@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -19,6 +20,8 @@ from model_repo.preprocess import PreparedImage, prepare_image
 from model_repo.topk import softmax, top_k
 from server.errors import ErrorInfo, InvalidParameter, describe
 from server.registry import LoadedModel
+
+log = logging.getLogger("batchserve.inference")
 
 
 @dataclass(frozen=True)
@@ -119,7 +122,10 @@ class Classifier:
             if isinstance(outcome, BaseException):
                 if isinstance(outcome, asyncio.CancelledError):
                     raise outcome
-                decoded.append(Failed(image, describe(outcome)))
+                info = describe(outcome)
+                if info.code == "internal":
+                    log.error("decoding failed unexpectedly", exc_info=outcome)
+                decoded.append(Failed(image, info))
             else:
                 decoded.append(outcome)
         return decoded
@@ -152,6 +158,8 @@ class Classifier:
             raise
         except Exception as exc:  # noqa: BLE001 - mapped to a per-image error, the request still answers
             info = describe(exc)
+            if info.status >= 500 and info.code == "internal":
+                log.exception("batch for %s v%d failed", model.name, model.version)
             return [d if isinstance(d, Failed) else Failed(img, info, d) for img, d in zip(images, decoded, strict=True)]
         answers = iter(ranked)
         results: list[Classified | Failed] = []

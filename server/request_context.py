@@ -1,7 +1,7 @@
 """Per-request identity: the request id every response and log line carries, and who asked.
 
-A pure ASGI middleware (not a Litestar hook) so error answers rendered anywhere, including
-Litestar's own 404/405, get the `X-Request-ID` header too.
+A pure ASGI middleware wrapped around the whole app (not a route-level hook), so every answer,
+Litestar's own 404/405 included, gets the `X-Request-ID` header.
 """
 
 from __future__ import annotations
