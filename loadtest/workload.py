@@ -1,0 +1,173 @@
+"""The acceptance workload: N labelled photos sent at once, every answer checked.
+
+    python loadtest/workload.py --url http://127.0.0.1:8000 [-n 50] [--images DIR] [--model NAME]
+
+Sends N single-image requests concurrently (cycling through the images listed in the folder's
+manifest.toml), checks each answer against the manifest's expected classes and prints the
+totals. Exits 0 only when every request answered and every prediction was right; 1 otherwise,
+2 for bad arguments. Talks to the server over HTTP only.
+
+manifest.toml maps file names to expectations, e.g.
+    "chelsea.jpg" = { top1_any_of = [281, 282, 285] }   # the best class is one of these
+    "rocket.jpg" = { top2_any_of = [657, 744] }         # one of the two best is one of these
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import sys
+import time
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+
+DEFAULT_IMAGES = Path(__file__).resolve().parent.parent / "tests" / "data" / "images"
+CONTENT_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".webp": "image/webp",
+                 ".gif": "image/gif", ".bmp": "image/bmp", ".tif": "image/tiff", ".tiff": "image/tiff"}
+EXPECTATION_KEYS = ("top1_any_of", "top2_any_of", "top5_any_of")
+
+
+class WorkloadError(ValueError):
+    """The arguments or the manifest are unusable."""
+
+
+@dataclass(frozen=True)
+class Expectation:
+    """The answer is right when one of the `within` best classes is in `classes`."""
+
+    within: int
+    classes: frozenset[int]
+
+    def check(self, ranked: list[int]) -> bool:
+        return any(c in self.classes for c in ranked[: self.within])
+
+
+@dataclass(frozen=True)
+class LabelledImage:
+    name: str
+    data: bytes
+    content_type: str
+    expected: Expectation
+
+
+@dataclass
+class Outcome:
+    image: str
+    ok: bool  # answered 200 with predictions
+    correct: bool = False
+    detail: str = ""
+
+
+def _expectation(name: str, entry: object) -> Expectation:
+    if not isinstance(entry, dict):
+        raise WorkloadError(f"manifest entry {name!r} must be a table such as {{top1_any_of = [281]}}")
+    keys = [k for k in EXPECTATION_KEYS if k in entry]
+    if len(keys) != 1:
+        raise WorkloadError(f"manifest entry {name!r} needs exactly one of {', '.join(EXPECTATION_KEYS)}")
+    classes = entry[keys[0]]
+    if not isinstance(classes, list) or not classes or not all(isinstance(c, int) for c in classes):
+        raise WorkloadError(f"manifest entry {name!r}: {keys[0]} must be a non-empty list of class ids")
+    return Expectation(int(keys[0][3]), frozenset(classes))
+
+
+def load_manifest(folder: Path) -> list[LabelledImage]:
+    path = folder / "manifest.toml"
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise WorkloadError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise WorkloadError(f"{path} is not valid TOML: {exc}") from None
+    images = []
+    for name, entry in sorted(raw.items()):
+        file = folder / name
+        if not file.is_file():
+            raise WorkloadError(f"{path} lists {name!r}, which is not a file in {folder}")
+        content_type = CONTENT_TYPES.get(file.suffix.lower(), "application/octet-stream")
+        images.append(LabelledImage(name, file.read_bytes(), content_type, _expectation(name, entry)))
+    if not images:
+        raise WorkloadError(f"{path} lists no images")
+    return images
+
+
+async def _classify(client: httpx.AsyncClient, url: str, image: LabelledImage, params: dict[str, str],
+                    timeout: float) -> Outcome:
+    request = client.post(url, content=image.data, headers={"Content-Type": image.content_type},
+                          params={**params, "top_k": str(image.expected.within)})
+    try:
+        # httpx's timeout bounds each read or write; wait_for bounds the whole exchange.
+        resp = await asyncio.wait_for(request, timeout)
+    except TimeoutError:
+        return Outcome(image.name, False, detail=f"no answer within {timeout:g} s")
+    except httpx.HTTPError as exc:
+        return Outcome(image.name, False, detail=f"{type(exc).__name__}: {exc}")
+    if resp.status_code != 200:
+        return Outcome(image.name, False, detail=f"HTTP {resp.status_code}: {resp.text[:200]}")
+    try:
+        ranked = [int(p["class_id"]) for p in resp.json()["predictions"]]
+    except (ValueError, KeyError, TypeError):
+        return Outcome(image.name, False, detail=f"unexpected answer: {resp.text[:200]}")
+    correct = image.expected.check(ranked)
+    return Outcome(image.name, True, correct, "" if correct else f"predicted {ranked}")
+
+
+async def run(url: str, images: list[LabelledImage], n: int, model: str | None, timeout: float) -> list[Outcome]:
+    """All N requests at once, on N connections; each bounded by `timeout` seconds."""
+    params = {"model": model} if model else {}
+    limits = httpx.Limits(max_connections=n, max_keepalive_connections=n)
+    # trust_env=False: the server is addressed directly, never through a proxy from the environment.
+    async with httpx.AsyncClient(timeout=httpx.Timeout(timeout), limits=limits, trust_env=False) as client:
+        batch = itertools.islice(itertools.cycle(images), n)
+        return await asyncio.gather(*(_classify(client, url + "/v1/classify", im, params, timeout) for im in batch))
+
+
+def report(outcomes: list[Outcome], seconds: float) -> str:
+    completed = [o for o in outcomes if o.ok]
+    correct = sum(o.correct for o in completed)
+    lines = [
+        f"total requests: {len(outcomes)}",
+        f"completed: {len(completed)}",
+        f"failed: {len(outcomes) - len(completed)}",
+        f"correct: {correct}",
+        f"wrong: {len(completed) - correct}",
+        f"duration: {seconds:.2f} s",
+    ]
+    problems = [o for o in outcomes if not (o.ok and o.correct)]
+    for o in problems[:10]:
+        lines.append(f"  {o.image}: {'wrong, ' if o.ok else 'failed, '}{o.detail}")
+    if len(problems) > 10:
+        lines.append(f"  ... and {len(problems) - 10} more")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--url", required=True, help="server base URL, e.g. http://127.0.0.1:8000")
+    parser.add_argument("-n", type=int, default=50, help="number of requests, all sent at once (default 50)")
+    parser.add_argument("--images", type=Path, default=DEFAULT_IMAGES, help="folder with manifest.toml")
+    parser.add_argument("--model", default=None, help="model query parameter (default: the server's default)")
+    parser.add_argument("--timeout", type=float, default=60.0, help="seconds allowed per request (default 60)")
+    args = parser.parse_args(argv)
+    parts = urlsplit(args.url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        parser.error(f"--url must be an http(s) URL such as http://127.0.0.1:8000, not {args.url!r}")
+    if args.n < 1 or args.timeout <= 0:
+        parser.error("-n and --timeout must be positive")
+    try:
+        images = load_manifest(args.images)
+    except WorkloadError as exc:
+        print(f"workload: {exc}", file=sys.stderr)
+        return 2
+    started = time.perf_counter()
+    outcomes = asyncio.run(run(args.url.rstrip("/"), images, args.n, args.model, args.timeout))
+    print(report(outcomes, time.perf_counter() - started))
+    return 0 if all(o.ok and o.correct for o in outcomes) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

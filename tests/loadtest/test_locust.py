@@ -1,0 +1,174 @@
+"""`batchserve loadtest`: targets files, Locust's CSV, the verdict and its exit status."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from loadtest.locust_run import EXIT_MISSED, EXIT_PASS, EXIT_USAGE, check_url, locust_command
+from loadtest.report import Measured, StatsError, evaluate, missed, read_stats, table
+from loadtest.targets import DEFAULT_TARGETS, Targets, TargetsError, load_profile, parse_duration
+from tests.serverproc import ServerProcess
+
+EASY = """
+[easy]
+user_class = "{user_class}"
+users = 3
+spawn_rate = 3
+duration = "4s"
+[easy.targets]
+min_rps = 1
+max_p50_ms = 20000
+max_p95_ms = 20000
+max_p99_ms = 20000
+max_failure_ratio = 0.0
+"""
+
+IMPOSSIBLE = """
+[impossible]
+users = 2
+duration = "3s"
+[impossible.targets]
+min_rps = 1e9
+max_p99_ms = 60000
+"""
+
+
+def _loadtest(url: str, targets: Path, profile: str, out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "server.cli", "loadtest", "--url", url, "--profile", profile,
+               "--targets", str(targets), "--out", str(out), *extra]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+
+
+# ---- against a running server ------------------------------------------------------------------
+
+@pytest.mark.slow
+@pytest.mark.parametrize("user_class", ["RawImageUser", "MultipartUser"])
+def test_easy_targets_pass_and_leave_csv_and_plot(
+    simulated_server: ServerProcess, tmp_path: Path, user_class: str
+) -> None:
+    targets = tmp_path / "targets.toml"
+    targets.write_text(EASY.format(user_class=user_class))
+    out = tmp_path / "out"
+    proc = _loadtest(simulated_server.url, targets, "easy", out)
+    assert proc.returncode == EXIT_PASS, proc.stdout + proc.stderr
+    rows = [line for line in proc.stdout.splitlines() if line.split()[:1] in (["requests/s"], ["p99"], ["failure"])]
+    assert len(rows) == 3 and all(line.rstrip().endswith("PASS") for line in rows), proc.stdout
+    assert "FAIL" not in proc.stdout
+    assert "all targets met" in proc.stdout
+    measured = read_stats(out / "locust_stats.csv")
+    assert measured.requests > 0 and measured.failures == 0
+    assert (out / "locust_stats_history.csv").stat().st_size > 0
+    assert (out / "locust.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+def test_missed_target_fails_and_is_named(simulated_server: ServerProcess, tmp_path: Path) -> None:
+    targets = tmp_path / "targets.toml"
+    targets.write_text(IMPOSSIBLE)
+    proc = _loadtest(simulated_server.url, targets, "impossible", tmp_path / "out")
+    assert proc.returncode == EXIT_MISSED, proc.stdout + proc.stderr
+    missed_section = proc.stdout.split("MISSED targets:")[1]
+    assert "requests/s" in missed_section and "target >= 1000000000" in missed_section
+    assert "p99 latency" not in missed_section  # met, so not named
+    assert (tmp_path / "out" / "locust_stats.csv").exists()
+
+
+@pytest.mark.slow
+def test_unreachable_server_counts_as_failures(tmp_path: Path) -> None:
+    from tests.serverproc import free_port
+
+    targets = tmp_path / "targets.toml"
+    targets.write_text(EASY.format(user_class="RawImageUser").replace('"4s"', '"2s"'))
+    proc = _loadtest(f"http://127.0.0.1:{free_port()}", targets, "easy", tmp_path / "out")
+    assert proc.returncode == EXIT_MISSED, proc.stdout + proc.stderr
+    assert "failure ratio" in proc.stdout.split("MISSED targets:")[1]
+
+
+# ---- arguments and files, no Locust run ----------------------------------------------------------
+
+def test_unknown_profile_is_a_usage_error(tmp_path: Path) -> None:
+    proc = _loadtest("http://127.0.0.1:9", DEFAULT_TARGETS, "nope", tmp_path / "out")
+    assert proc.returncode == EXIT_USAGE
+    assert "no profile 'nope'" in proc.stderr and "smoke" in proc.stderr
+
+
+def test_url_with_a_path_is_a_usage_error(tmp_path: Path) -> None:
+    proc = _loadtest("http://127.0.0.1:9/v1/classify", DEFAULT_TARGETS, "smoke", tmp_path / "out")
+    assert proc.returncode == EXIT_USAGE
+    assert "base URL" in proc.stderr
+
+
+def test_shipped_profiles_parse() -> None:
+    for name, user_class in (("smoke", "RawImageUser"), ("raw", "RawImageUser"),
+                             ("multipart", "MultipartUser"), ("mixed", "MixedUser")):
+        profile = load_profile(DEFAULT_TARGETS, name)
+        assert profile.user_class == user_class
+        assert profile.targets.min_rps and profile.targets.max_p99_ms
+        assert profile.targets.max_failure_ratio == 0.0
+    assert load_profile(DEFAULT_TARGETS, "raw").model == "efficientnet_lite0"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[p]\n[p.targets]\nmin_rsp = 3\n", "unknown key(s) min_rsp"),
+        ("[p]\n[p.targets]\nmin_rps = -1\n", "non-negative number"),
+        ("[p]\n[p.targets]\n", "sets no target"),
+        ("[p]\nuser_class = 'Nobody'\n[p.targets]\nmin_rps = 1\n", "user_class must be one of"),
+        ("[p]\nusers = 0\n[p.targets]\nmin_rps = 1\n", "users must be a positive integer"),
+        ("[p]\nduration = 'soon'\n[p.targets]\nmin_rps = 1\n", "duration must look like"),
+        ("[p\n", "not valid TOML"),
+    ],
+)
+def test_bad_targets_files_are_explained(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "t.toml"
+    path.write_text(text)
+    with pytest.raises(TargetsError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        load_profile(path, "p")
+
+
+def test_durations() -> None:
+    assert parse_duration("30s") == 30
+    assert parse_duration("2m") == 120
+    assert parse_duration("1h30m") == 5400
+    assert parse_duration("45") == 45
+    for bad in ("", "0s", "ten"):
+        with pytest.raises(TargetsError):
+            parse_duration(bad)
+
+
+def test_evaluate_names_every_miss() -> None:
+    targets = Targets(min_rps=10, max_p50_ms=100, max_p99_ms=500, max_failure_ratio=0.01)
+    measured = Measured(requests=200, failures=4, rps=12.5, p50_ms=90, p95_ms=300, p99_ms=700, max_ms=900)
+    checks = evaluate(targets, measured)
+    assert [c.metric for c in checks] == ["requests/s", "p50 latency", "p99 latency", "failure ratio"]
+    assert [c.metric for c in missed(checks)] == ["p99 latency", "failure ratio"]
+    assert "p99 latency: 700 ms, target <= 500 ms" in [c.describe_miss() for c in missed(checks)]
+    assert table(checks).count("FAIL") == 2
+
+
+def test_a_run_without_requests_misses_every_target() -> None:
+    checks = evaluate(Targets(max_p50_ms=100, max_failure_ratio=0.5),
+                      Measured(requests=0, failures=0, rps=0.0, p50_ms=None, p95_ms=None, p99_ms=None, max_ms=None))
+    assert all(not c.passed for c in checks)
+    assert "nothing measured" in checks[0].describe_miss()
+
+
+def test_stats_csv_without_aggregated_row(tmp_path: Path) -> None:
+    path = tmp_path / "x_stats.csv"
+    path.write_text("Type,Name,Request Count\nPOST,/v1/classify,3\n")
+    with pytest.raises(StatsError, match="no Aggregated row"):
+        read_stats(path)
+
+
+def test_locust_command_is_bounded_and_names_the_user_class(tmp_path: Path) -> None:
+    profile = load_profile(DEFAULT_TARGETS, "multipart")
+    command = locust_command(profile, check_url("http://127.0.0.1:8000/"), tmp_path / "locust", tmp_path)
+    assert command[-1] == "MultipartUser"
+    assert command[command.index("--run-time") + 1] == "30s"
+    assert "--headless" in command and command[command.index("--host") + 1] == "http://127.0.0.1:8000"
+    assert command[command.index("--model") + 1] == "efficientnet_lite0"
