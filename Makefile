@@ -8,7 +8,7 @@ HOST   ?= 0.0.0.0
 PORT   ?= 8000
 ARGS   ?=
 
-.PHONY: serve test install models services system-packages bench loadtest workload lint clean
+.PHONY: serve test install models services system-packages bench loadtest workload clean
 
 serve: install models  ## run the server on $(HOST):$(PORT)
 	$(BIN)/batchserve serve --host $(HOST) --port $(PORT) $(ARGS)
@@ -33,8 +33,14 @@ services:  ## make sure PostgreSQL answers on 127.0.0.1:5432
 system-packages:  ## Debian packages the tests drive: chromium (UI tests), wrk (bench)
 	bash scripts/ensure-system-packages.sh
 
-bench: install models system-packages
+bench: install models system-packages  ## in-process limit vs server throughput (see docs/performance.md)
 	$(BIN)/batchserve bench $(ARGS)
+
+loadtest: install  ## Locust against a running server: make loadtest ARGS="--url http://127.0.0.1:8000 --profile raw"
+	$(BIN)/batchserve loadtest $(ARGS)
+
+workload: install  ## 50 labelled photos at once: make workload ARGS="--url http://127.0.0.1:8000"
+	$(BIN)/python loadtest/workload.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis
