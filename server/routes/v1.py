@@ -89,7 +89,8 @@ class ClassifyController(Controller):
             app_state.refuse_if_draining()
             loaded = app_state.registry.get(model, version)
             k = validate_top_k(top_k, loaded)
-            deadline = Deadline.for_request(loaded, timeout_ms if timeout_ms is not None else header_timeout_ms(request.headers), started)
+            requested_ms = timeout_ms if timeout_ms is not None else header_timeout_ms(request.headers)
+            deadline = Deadline.for_request(loaded, requested_ms, started)
             images, multipart = await read_images(request, app_state.config.max_images_per_request)
         except Exception as exc:
             app_state.recorder.failure(
