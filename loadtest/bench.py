@@ -146,18 +146,19 @@ def _round(settings: BenchSettings, inproc: InProcess, server: ServerProcess, si
 
 def run_bench(settings: BenchSettings, say: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
     from loadtest.inprocess import InProcess
-    from server.simulated import CostModel
+    from batching.cost import CostModel
 
     cost = CostModel.parse(settings.simulate_cost) if settings.simulate_cost else None
     image = settings.image.read_bytes()
     client = settings.client if settings.client != "auto" else ("wrk" if wrk_available() else "aiohttp")
     scratch = Path(tempfile.mkdtemp(prefix="batchserve-bench-"))
-    sim_image = settings.sim_image or small_jpeg(scratch)
-    settings = BenchSettings(**{**asdict(settings), "client": client, "sim_image": sim_image})
-    say(f"loading {settings.model} in process and in a server (client: {client})")
-    inproc = InProcess(settings.model, settings.model_repo, image)
     servers: list[ServerProcess] = []
+    inproc: InProcess | None = None
     try:
+        sim_image = settings.sim_image or small_jpeg(scratch)
+        settings = BenchSettings(**{**asdict(settings), "client": client, "sim_image": sim_image})
+        say(f"loading {settings.model} in process and in a server (client: {client})")
+        inproc = InProcess(settings.model, settings.model_repo, image)
         server = start_server(["--models", settings.model, "--model-repo", str(settings.model_repo), "--no-events"])
         servers.append(server)
         sim = None
@@ -190,7 +191,8 @@ def run_bench(settings: BenchSettings, say: Callable[[str], None] = lambda _: No
     finally:
         for s in servers:
             s.stop()
-        inproc.close()
+        if inproc is not None:
+            inproc.close()
         shutil.rmtree(scratch, ignore_errors=True)
 
 
@@ -224,6 +226,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_from_args(args: argparse.Namespace) -> int:
+    from batching.cost import CostModel
+
     try:
         settings = BenchSettings(
             duration=args.duration, repeats=args.repeats, concurrency=args.concurrency,
@@ -231,6 +235,8 @@ def run_from_args(args: argparse.Namespace) -> int:
             simulate_cost=None if str(args.simulate_cost).lower() in ("off", "none", "") else args.simulate_cost,
             image=args.image, sim_image=args.sim_image, client=args.client,
         )
+        if settings.simulate_cost:
+            CostModel.parse(settings.simulate_cost)  # a malformed cost is a usage error, found before any work
         for path in (settings.image, settings.sim_image):
             if path is not None and not path.is_file():
                 raise ValueError(f"image {path} does not exist")

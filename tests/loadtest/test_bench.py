@@ -55,10 +55,21 @@ def test_bench_reports_every_measurement(built_models: Path, tmp_path: Path) -> 
     assert "theoretical maximum" in proc.stdout
 
 
-def test_bench_rejects_bad_lists() -> None:
-    proc = subprocess.run([sys.executable, "-m", "server.cli", "bench", "--concurrency", "1,x"],
+@pytest.mark.parametrize(
+    ("args", "status", "message"),
+    [
+        (["--concurrency", "1,x"], 2, "comma-separated integers"),
+        (["--batch-sizes", "0"], 2, "positive integers"),
+        (["--simulate-cost", "fast"], 2, "must look like 'A+B'"),
+        (["--image", "/nonexistent.jpg"], 2, "does not exist"),
+        (["--model", "no_such_model", "--duration", "0.1", "--repeats", "1"], 1, "no_such_model"),
+    ],
+)
+def test_bench_explains_what_it_cannot_do(args: list[str], status: int, message: str) -> None:
+    proc = subprocess.run([sys.executable, "-m", "server.cli", "bench", *args],
                           capture_output=True, text=True, timeout=60, check=False)
-    assert proc.returncode == 2 and "comma-separated integers" in proc.stderr
+    assert proc.returncode == status, proc.stderr
+    assert message in proc.stderr and "Traceback" not in proc.stderr
 
 
 @pytest.mark.slow

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from loadtest.locust_run import EXIT_MISSED, EXIT_PASS, EXIT_USAGE, check_url, locust_command
-from loadtest.report import Measured, StatsError, evaluate, missed, read_stats, table
+from loadtest.report import Measured, StatsError, evaluate, missed, read_stats, read_summary, table
 from loadtest.targets import DEFAULT_TARGETS, Targets, TargetsError, load_profile, parse_duration
 from tests.serverproc import ServerProcess
 
@@ -59,8 +59,10 @@ def test_easy_targets_pass_and_leave_csv_and_plot(
     assert len(rows) == 3 and all(line.rstrip().endswith("PASS") for line in rows), proc.stdout
     assert "FAIL" not in proc.stdout
     assert "all targets met" in proc.stdout
-    measured = read_stats(out / "locust_stats.csv")
-    assert measured.requests > 0 and measured.failures == 0
+    final = read_summary(out / "locust_summary.json")
+    assert final.requests > 0 and final.failures == 0 and final.p50_ms is not None
+    assert f"requests {final.requests}, failures 0" in proc.stdout  # the verdict is on the complete figures
+    assert read_stats(out / "locust_stats.csv").requests <= final.requests  # the CSV is a periodic snapshot
     assert (out / "locust_stats_history.csv").stat().st_size > 0
     assert (out / "locust.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -156,6 +158,13 @@ def test_a_run_without_requests_misses_every_target() -> None:
                       Measured(requests=0, failures=0, rps=0.0, p50_ms=None, p95_ms=None, p99_ms=None, max_ms=None))
     assert all(not c.passed for c in checks)
     assert "nothing measured" in checks[0].describe_miss()
+
+
+def test_summary_must_hold_every_figure(tmp_path: Path) -> None:
+    path = tmp_path / "locust_summary.json"
+    path.write_text('{"requests": 3, "failures": 0}')
+    with pytest.raises(StatsError, match="not a Locust summary"):
+        read_summary(path)
 
 
 def test_stats_csv_without_aggregated_row(tmp_path: Path) -> None:
