@@ -37,6 +37,21 @@ async def wait_until(predicate: Callable[[], bool], timeout: float = 20.0, what:
 T0 = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
 
 
+# What an event carries when its request failed before any image was read.
+WITHOUT_IMAGE: dict[str, Any] = {
+    "image_sha256": None,
+    "filename": None,
+    "content_type": None,
+    "width": None,
+    "height": None,
+    "image_bytes": None,
+    "class_id": None,
+    "class_label": None,
+    "score": None,
+    "batch_size": None,
+}
+
+
 def make_event(i: int = 0, **overrides: Any) -> Event:
     """A plausible successful classification, varied by ``i``."""
     fields: dict[str, Any] = {

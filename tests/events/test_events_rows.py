@@ -15,7 +15,7 @@ from events.keycache import KeyCache
 from events.pii import apply_pii, truncate_ip
 from events.ratelog import RateLimitedLog
 from events.rows import canonical_event_id, natural_key, prepare
-from tests.events.event_helpers import make_event
+from tests.events.event_helpers import WITHOUT_IMAGE, make_event
 
 
 @pytest.mark.parametrize(
@@ -110,20 +110,7 @@ def test_prepare_makes_every_value_fit_its_column(caplog: pytest.LogCaptureFixtu
 
 
 def test_event_without_image_or_class_has_no_such_dimensions() -> None:
-    event = make_event(
-        status=415,
-        error_code="unsupported_media_type",
-        image_sha256=None,
-        filename=None,
-        content_type=None,
-        width=None,
-        height=None,
-        image_bytes=None,
-        class_id=None,
-        class_label=None,
-        score=None,
-        batch_size=None,
-    )
+    event = make_event(status=415, error_code="unsupported_media_type", **WITHOUT_IMAGE)
     batch = prepare([event])
     assert batch.images == {} and batch.classes == {}
     assert batch.facts[0].image_nk is None and batch.facts[0].class_nk is None

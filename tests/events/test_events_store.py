@@ -13,7 +13,7 @@ import asyncpg
 
 from events.config import EventsConfig
 from events.store import EventStore, open_store
-from tests.events.event_helpers import count_rows, make_event
+from tests.events.event_helpers import WITHOUT_IMAGE, count_rows, make_event
 
 DIM_TABLES = ("time_dim", "user_dim", "image_dim", "class_dim")
 
@@ -97,22 +97,7 @@ async def test_hex_and_canonical_ids_are_the_same_event(store: EventStore) -> No
 
 async def test_failed_request_without_image_or_class(store: EventStore) -> None:
     event = make_event(
-        1,
-        status=404,
-        error_code="model_not_found",
-        model="nope",
-        image_sha256=None,
-        filename=None,
-        content_type=None,
-        width=None,
-        height=None,
-        image_bytes=None,
-        class_id=None,
-        class_label=None,
-        score=None,
-        batch_size=None,
-        queue_ms=None,
-        inference_ms=None,
+        1, status=404, error_code="model_not_found", model="nope", queue_ms=None, inference_ms=None, **WITHOUT_IMAGE
     )
     assert await store.write([event]) == 1
     (row,) = await store.fetch("SELECT image_key, class_key, status, error_code, batch_size FROM api_event_fact")
