@@ -16,10 +16,10 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
-from deploy.errors import DeployError, UsageError, ValidationFailed
-from deploy.regions import check_aws_region, check_gcp_region
-from deploy.render import AwsProfile, GcpProfile, render_aws, render_gcp, service_commands, shell
-from deploy.validate import check_cloud_run_service, lint_cloudformation
+from batchserve.deploy.errors import DeployError, UsageError, ValidationFailed
+from batchserve.deploy.regions import check_aws_region, check_gcp_region
+from batchserve.deploy.render import AwsProfile, GcpProfile, render_aws, render_gcp, service_commands, shell
+from batchserve.deploy.validate import check_cloud_run_service, lint_cloudformation
 
 DEFAULT_OUT = Path("deploy-out")
 
@@ -153,8 +153,8 @@ def _aws_parameters(args: argparse.Namespace) -> dict[str, str]:
 
 
 def _run_aws(args: argparse.Namespace, out: TextIO) -> int:
-    from deploy.aws import apply as aws_apply
-    from deploy.aws.session import AwsContext, default_region
+    from batchserve.deploy.aws import apply as aws_apply
+    from batchserve.deploy.aws.session import AwsContext, default_region
 
     region = args.region or default_region()
     if not region:
@@ -199,7 +199,7 @@ def _run_aws(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _run_gcp(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    from deploy.gcp.apply import run_commands
+    from batchserve.deploy.gcp.apply import run_commands
 
     region = args.region or os.environ.get("CLOUDSDK_RUN_REGION")
     if not region:
@@ -242,7 +242,7 @@ def _run_gcp(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m deploy.cli aws ...`: the same command without the rest of batchserve."""
+    """`python -m batchserve.deploy.cli aws ...`: the same command without the rest of batchserve."""
     parser = argparse.ArgumentParser(prog="batchserve")
     register(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["deploy", *(sys.argv[1:] if argv is None else argv)])

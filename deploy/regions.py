@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from typing import TextIO
 
-from deploy.errors import UsageError
+from batchserve.deploy.errors import UsageError
 
 # Google Cloud regions (2025). gcloud cannot list them without credentials and a network, so the
 # list lives here; a region Google adds later needs a line here before it can be deployed to.

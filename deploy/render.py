@@ -23,8 +23,8 @@ from typing import Any
 
 import yaml
 
-from deploy.aws import cfn_yaml
-from deploy.errors import UsageError
+from batchserve.deploy.aws import cfn_yaml
+from batchserve.deploy.errors import UsageError
 
 SERVICE_TEMPLATE = Path(__file__).parent / "gcp" / "service.yaml"
 CAPABILITIES = ("CAPABILITY_IAM",)

@@ -20,7 +20,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from deploy.errors import MissingTool
+from batchserve.deploy.errors import MissingTool
 
 
 @dataclass(frozen=True)

@@ -46,7 +46,7 @@ def load_migrations(dialect: str) -> tuple[Migration, ...]:
     if dialect not in DIALECTS:
         raise MigrationError(f"unknown dialect {dialect!r}: expected one of {', '.join(DIALECTS)}")
     by_dialect: dict[str, dict[int, Migration]] = {d: {} for d in DIALECTS}
-    for entry in resources.files("events.migrations").iterdir():
+    for entry in resources.files("batchserve.events.migrations").iterdir():
         match = _FILE_RE.match(entry.name)
         if match is None:
             continue

@@ -27,14 +27,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from loadtest.bench_report import Samples, machine, render, summarise
-from loadtest.http_load import LoadClientError, run_load, wrk_available
-from loadtest.server_process import ServerProcess, ServerStartError, start_server
-from model_repo.errors import ModelRepoError
-from model_repo.repository import DEFAULT_REPOSITORY
+from batchserve.loadtest.bench_report import Samples, machine, render, summarise
+from batchserve.loadtest.http_load import LoadClientError, run_load, wrk_available
+from batchserve.loadtest.server_process import ServerProcess, ServerStartError, start_server
+from batchserve.model_repo.errors import ModelRepoError
+from batchserve.model_repo.repository import DEFAULT_REPOSITORY
 
 if TYPE_CHECKING:  # ONNX Runtime loads only when a bench runs, not when the CLI parser is built
-    from loadtest.inprocess import InProcess
+    from batchserve.loadtest.inprocess import InProcess
 
 DEFAULT_IMAGE = Path(__file__).resolve().parent.parent / "tests" / "data" / "images" / "chelsea.jpg"
 _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -145,8 +145,8 @@ def _round(settings: BenchSettings, inproc: InProcess, server: ServerProcess, si
 
 
 def run_bench(settings: BenchSettings, say: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
-    from loadtest.inprocess import InProcess
-    from batching.cost import CostModel
+    from batchserve.loadtest.inprocess import InProcess
+    from batchserve.batching.cost import CostModel
 
     cost = CostModel.parse(settings.simulate_cost) if settings.simulate_cost else None
     image = settings.image.read_bytes()
@@ -226,7 +226,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_from_args(args: argparse.Namespace) -> int:
-    from batching.cost import CostModel
+    from batchserve.batching.cost import CostModel
 
     try:
         settings = BenchSettings(

@@ -38,12 +38,12 @@ from pathlib import Path
 from typing import Any
 
 try:
-    from batching import Batcher, BatchingConfig
-    from batching.cost import CostModel, SerialDevice
+    from batchserve.batching import Batcher, BatchingConfig
+    from batchserve.batching.cost import CostModel, SerialDevice
 except ModuleNotFoundError:  # run from a checkout that is not installed
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from batching import Batcher, BatchingConfig
-    from batching.cost import CostModel, SerialDevice
+    from batchserve.batching import Batcher, BatchingConfig
+    from batchserve.batching.cost import CostModel, SerialDevice
 
 FORMULA = "k / (a + b*k) items/s, k = min(concurrency * items_per_request, max_batch_size); serial device"
 

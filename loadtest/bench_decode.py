@@ -20,7 +20,7 @@ from collections.abc import Callable
 import numpy as np
 from PIL import Image
 
-from model_repo.preprocess import PreprocessConfig, prepare_image
+from batchserve.model_repo.preprocess import PreprocessConfig, prepare_image
 
 SMALL_SIZE = (451, 300)
 SMALL_TARGET_BYTES = 35_000

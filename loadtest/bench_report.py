@@ -9,10 +9,10 @@ import statistics
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from loadtest.http_load import LoadResult
+from batchserve.loadtest.http_load import LoadResult
 
 if TYPE_CHECKING:
-    from loadtest.bench import BenchSettings
+    from batchserve.loadtest.bench import BenchSettings
 
 SATURATION_TARGET = 0.95  # server images/s over the in-process limit, at the highest concurrency
 LATENCY_TARGET = 1.2  # server p50 at concurrency 1 over one image's in-process latency

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from loadtest.targets import DEFAULT_TARGETS, TargetsError, parse_duration
+from batchserve.loadtest.targets import DEFAULT_TARGETS, TargetsError, parse_duration
 
 
 def _duration(text: str) -> float:
@@ -42,7 +42,7 @@ def _positive_float(text: str) -> float:
 
 
 def _loadtest(args: argparse.Namespace) -> int:
-    from loadtest.locust_run import (EXIT_LOCUST, EXIT_MISSED, EXIT_PASS, EXIT_USAGE, LoadTestError,
+    from batchserve.loadtest.locust_run import (EXIT_LOCUST, EXIT_MISSED, EXIT_PASS, EXIT_USAGE, LoadTestError,
                                      LoadTestOptions, check_url, default_out, run_loadtest, summary)
 
     options = LoadTestOptions(
@@ -64,13 +64,13 @@ def _loadtest(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from loadtest.bench import run_from_args
+    from batchserve.loadtest.bench import run_from_args
 
     return run_from_args(args)
 
 
 def register(subparsers: Any) -> None:
-    from loadtest.locust_run import DEFAULT_IMAGES
+    from batchserve.loadtest.locust_run import DEFAULT_IMAGES
 
     loadtest = subparsers.add_parser(
         "loadtest",
@@ -91,7 +91,7 @@ def register(subparsers: Any) -> None:
     loadtest.add_argument("--out", type=Path, default=None, help="output folder (default out/loadtest/PROFILE-TIME)")
     loadtest.set_defaults(func=_loadtest)
 
-    from loadtest.bench import add_arguments
+    from batchserve.loadtest.bench import add_arguments
 
     bench = subparsers.add_parser(
         "bench",

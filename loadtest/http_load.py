@@ -4,7 +4,7 @@ to back for a fixed time.
 `wrk` (C, epoll) is the client of choice: on a two-core machine the load generator shares the
 CPU with the server, and wrk spends a few microseconds per request where a Python client spends
 hundreds. Without wrk the same measurement runs an aiohttp client in a separate process
-(`python -m loadtest.http_load ...`), which prints the same JSON line as wrk_post.lua.
+(`python -m batchserve.loadtest.http_load ...`), which prints the same JSON line as wrk_post.lua.
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ def run_wrk(url: str, body: Path, content_type: str, concurrency: int, duration:
 
 
 def run_aiohttp(url: str, body: Path, content_type: str, concurrency: int, duration: float) -> LoadResult:
-    command = [sys.executable, "-m", "loadtest.http_load", "--url", url, "--body", str(body),
+    command = [sys.executable, "-m", "batchserve.loadtest.http_load", "--url", url, "--body", str(body),
                "--content-type", content_type, "--concurrency", str(concurrency), "--duration", str(duration)]
     return _run(command, "aiohttp", concurrency, duration)
 

@@ -20,10 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-from model_repo.preprocess import PreprocessConfig, prepare_image
-from model_repo.repository import find_model
-from model_repo.runner import Runner, RunnerConfig
-from model_repo.topk import softmax, top_k
+from batchserve.model_repo.preprocess import PreprocessConfig, prepare_image
+from batchserve.model_repo.repository import find_model
+from batchserve.model_repo.runner import Runner, RunnerConfig
+from batchserve.model_repo.topk import softmax, top_k
 
 TOP_K = 5  # what the server ranks by default
 

@@ -15,9 +15,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from loadtest.plot import plot_history
-from loadtest.report import Check, Measured, StatsError, evaluate, missed, read_stats, read_summary, table
-from loadtest.targets import Profile, load_profile
+from batchserve.loadtest.plot import plot_history
+from batchserve.loadtest.report import Check, Measured, StatsError, evaluate, missed, read_stats, read_summary, table
+from batchserve.loadtest.targets import Profile, load_profile
 
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
 DEFAULT_IMAGES = Path(__file__).resolve().parent.parent / "tests" / "data" / "images"

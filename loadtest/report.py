@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from loadtest.targets import Targets
+from batchserve.loadtest.targets import Targets
 
 
 class StatsError(ValueError):

@@ -80,7 +80,7 @@ class ServerProcess:
 
 
 def serve_command(port: int, args: Sequence[str]) -> list[str]:
-    return [sys.executable, "-m", "server.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
+    return [sys.executable, "-m", "batchserve", "serve", "--host", "127.0.0.1", "--port", str(port),
             "--drain-delay", "0", *args]
 
 

@@ -20,11 +20,11 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from model_repo.efficientnet import INPUT_NAME, OUTPUT_NAME, emit_efficientnet_lite0, fold_efficientnet_lite0
-from model_repo.errors import ModelRepoError
-from model_repo.labels import format_labels, load_imagenet_labels
-from model_repo.synthetic import build_tiny
-from model_repo.weights import efficientnet_lite0_weights_path, load_legacy_torch_state_dict
+from batchserve.model_repo.efficientnet import INPUT_NAME, OUTPUT_NAME, emit_efficientnet_lite0, fold_efficientnet_lite0
+from batchserve.model_repo.errors import ModelRepoError
+from batchserve.model_repo.labels import format_labels, load_imagenet_labels
+from batchserve.model_repo.synthetic import build_tiny
+from batchserve.model_repo.weights import efficientnet_lite0_weights_path, load_legacy_torch_state_dict
 
 Progress = Callable[[str], None]
 MODEL_FILE = "model.onnx"

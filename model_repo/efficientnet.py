@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from model_repo.errors import ModelRepoError
+from batchserve.model_repo.errors import ModelRepoError
 
 BN_EPS = 1e-3
 IMAGE_SIZE = 224

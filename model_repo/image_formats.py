@@ -12,7 +12,7 @@ from functools import cache
 
 from PIL import features
 
-from model_repo.errors import ImageDecodeError, UnsupportedImageType
+from batchserve.model_repo.errors import ImageDecodeError, UnsupportedImageType
 
 # format name -> (Pillow's format id, canonical media type)
 _FORMATS: dict[str, tuple[str, str]] = {

@@ -9,7 +9,7 @@ import importlib.resources
 import json
 from pathlib import Path
 
-from model_repo.errors import ModelRepoError
+from batchserve.model_repo.errors import ModelRepoError
 
 IMAGENET_CLASSES = 1000
 

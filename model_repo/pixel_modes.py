@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from model_repo.errors import ImageDecodeError
+from batchserve.model_repo.errors import ImageDecodeError
 
 RESIZABLE_MODES = frozenset({"RGB", "L", "RGBA", "LA"})
 _SIXTEEN_BIT = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})

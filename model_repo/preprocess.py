@@ -21,9 +21,9 @@ from functools import cache
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from model_repo.errors import ImageDecodeError, ImageTooLarge
-from model_repo.image_formats import pillow_format, require_format
-from model_repo.pixel_modes import to_resizable_mode
+from batchserve.model_repo.errors import ImageDecodeError, ImageTooLarge
+from batchserve.model_repo.image_formats import pillow_format, require_format
+from batchserve.model_repo.pixel_modes import to_resizable_mode
 
 Image.init()  # register every plugin once, at import, rather than racing to do it in worker threads
 

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from model_repo.errors import ModelLoadError, ModelNotFound
-from model_repo.preprocess import PreprocessConfig
+from batchserve.model_repo.errors import ModelLoadError, ModelNotFound
+from batchserve.model_repo.preprocess import PreprocessConfig
 
 DEFAULT_REPOSITORY = Path(__file__).resolve().parent / "models"
 MODEL_FILENAME = "model.onnx"

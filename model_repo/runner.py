@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from model_repo.errors import ModelLoadError
-from model_repo.providers import DEFAULT_PROVIDERS, choose_providers, provider_options
+from batchserve.model_repo.errors import ModelLoadError
+from batchserve.model_repo.providers import DEFAULT_PROVIDERS, choose_providers, provider_options
 
 log = logging.getLogger("batchserve.runner")
 

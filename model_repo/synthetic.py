@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from model_repo.efficientnet import (
+from batchserve.model_repo.efficientnet import (
     IMAGE_SIZE,
     IN_CHANNELS,
     INPUT_NAME,

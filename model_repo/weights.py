@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from model_repo.errors import ModelRepoError
+from batchserve.model_repo.errors import ModelRepoError
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 LEGACY_PROTOCOL = 1001

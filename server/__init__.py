@@ -1,8 +1,1 @@
-"""batchserve's HTTP server: Litestar app, routes, configuration, CLI and lifecycle."""
-
-from importlib.metadata import PackageNotFoundError, version
-
-try:
-    __version__ = version("batchserve")
-except PackageNotFoundError:  # running from a source tree that was never installed
-    __version__ = "0.0.0"
+"""batchserve's HTTP edge: Litestar app, routes, configuration, the serve command and the shutdown sequence."""

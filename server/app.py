@@ -16,26 +16,26 @@ from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 
-from events.config import EventsConfig
-from events.writer import EventWriter
-from server import __version__
-from server.config import ServerConfig
-from server.errors import exception_handler
-from server.cloudwatch import emf_lifespan
-from server.inference import Classifier
-from server.leases import LeaseScope
-from server.metrics import HttpMetricsMiddleware, Metrics
-from server.recording import Recorder
-from server.registry import ModelRegistry
-from server.request_context import RequestIdMiddleware
-from server.routes.health import healthz, readyz
-from server.routes.metrics import metrics as metrics_route
-from server.routes.repository import RepositoryController
-from server.routes.stats import stats
-from server.routes.v1 import ClassifyController
-from server.routes.v2 import V2Controller
-from server.state import AppState
-from server.ui import template_config, ui_route_handlers
+from batchserve.events.config import EventsConfig
+from batchserve.events.writer import EventWriter
+from batchserve import __version__
+from batchserve.server.config import ServerConfig
+from batchserve.server.errors import exception_handler
+from batchserve.server.cloudwatch import emf_lifespan
+from batchserve.server.inference import Classifier
+from batchserve.server.leases import LeaseScope
+from batchserve.server.metrics import HttpMetricsMiddleware, Metrics
+from batchserve.server.recording import Recorder
+from batchserve.server.registry import ModelRegistry
+from batchserve.server.request_context import RequestIdMiddleware
+from batchserve.server.routes.health import healthz, readyz
+from batchserve.server.routes.metrics import metrics as metrics_route
+from batchserve.server.routes.repository import RepositoryController
+from batchserve.server.routes.stats import stats
+from batchserve.server.routes.v1 import ClassifyController
+from batchserve.server.routes.v2 import V2Controller
+from batchserve.server.state import AppState
+from batchserve.server.ui import template_config, ui_route_handlers
 
 log = logging.getLogger("batchserve.app")
 

@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from typing import Any
 
-from server.state import AppState
+from batchserve.server.state import AppState
 
 log = logging.getLogger("batchserve.cloudwatch")
 

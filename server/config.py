@@ -13,7 +13,7 @@ from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 
-from model_repo.repository import DEFAULT_REPOSITORY
+from batchserve.model_repo.repository import DEFAULT_REPOSITORY
 
 ENV_PREFIX = "BATCHSERVE_"
 

@@ -20,16 +20,16 @@ from litestar.exceptions import (
 )
 from litestar.exceptions.http_exceptions import ClientException
 
-from batching.errors import BatcherClosed, DeadlineExceeded, QueueFull
-from events.errors import InvalidStatsQuery, StoreError
-from model_repo.errors import (
+from batchserve.batching.errors import BatcherClosed, DeadlineExceeded, QueueFull
+from batchserve.events.errors import InvalidStatsQuery, StoreError
+from batchserve.model_repo.errors import (
     ImageDecodeError,
     ImageTooLarge,
     ModelLoadError,
     ModelNotFound,
     UnsupportedImageType,
 )
-from server.request_context import request_id_of
+from batchserve.server.request_context import request_id_of
 
 log = logging.getLogger("batchserve.errors")
 

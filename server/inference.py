@@ -15,11 +15,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from model_repo.image_formats import check_declared_type
-from model_repo.preprocess import PreparedImage, prepare_image
-from model_repo.topk import softmax, top_k
-from server.errors import ErrorInfo, InvalidParameter, describe
-from server.registry import LoadedModel
+from batchserve.model_repo.image_formats import check_declared_type
+from batchserve.model_repo.preprocess import PreparedImage, prepare_image
+from batchserve.model_repo.topk import softmax, top_k
+from batchserve.server.errors import ErrorInfo, InvalidParameter, describe
+from batchserve.server.registry import LoadedModel
 
 log = logging.getLogger("batchserve.inference")
 

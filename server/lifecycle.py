@@ -17,9 +17,9 @@ from types import FrameType
 
 import uvicorn
 
-from server.app import build_state, create_app
-from server.config import ServerConfig
-from server.state import AppState
+from batchserve.server.app import build_state, create_app
+from batchserve.server.config import ServerConfig
+from batchserve.server.state import AppState
 
 log = logging.getLogger("batchserve.lifecycle")
 # Time the lifespan shutdown keeps for closing batchers and flushing events.

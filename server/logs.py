@@ -7,7 +7,7 @@ import logging
 import sys
 import time
 
-from server.request_context import current_request_id
+from batchserve.server.request_context import current_request_id
 
 
 class _RequestIdFilter(logging.Filter):

@@ -27,13 +27,13 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
-from batching import BatchRecord
-from server.leases import leased
+from batchserve.batching import BatchRecord
+from batchserve.server.leases import leased
 
 if TYPE_CHECKING:
     from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
-    from server.state import AppState
+    from batchserve.server.state import AppState
 
 log = logging.getLogger("batchserve.metrics")
 

@@ -7,10 +7,10 @@ import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-from events.model import Event
-from server.errors import ErrorInfo
-from server.inference import Classified, Failed, Prediction
-from server.request_context import Caller
+from batchserve.events.model import Event
+from batchserve.server.errors import ErrorInfo
+from batchserve.server.inference import Classified, Failed, Prediction
+from batchserve.server.request_context import Caller
 
 
 class Recorder:

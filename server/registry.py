@@ -17,15 +17,15 @@ from typing import Any
 
 import numpy as np
 
-from batching import Batcher, BatchingConfig, BatchRecord
-from model_repo.errors import ModelLoadError, ModelNotFound
-from model_repo.labels import load_imagenet_labels
-from model_repo.preprocess import PreprocessConfig
-from model_repo.repository import ModelSpec, scan_repository
-from model_repo.runner import Runner, RunnerConfig
-from server.config import ServerConfig
-from server.leases import LeaseCounter, lease
-from server.simulated import SIMULATED_MODEL_NAME, CostModel, SimulatedDevice
+from batchserve.batching import Batcher, BatchingConfig, BatchRecord
+from batchserve.model_repo.errors import ModelLoadError, ModelNotFound
+from batchserve.model_repo.labels import load_imagenet_labels
+from batchserve.model_repo.preprocess import PreprocessConfig
+from batchserve.model_repo.repository import ModelSpec, scan_repository
+from batchserve.model_repo.runner import Runner, RunnerConfig
+from batchserve.server.config import ServerConfig
+from batchserve.server.leases import LeaseCounter, lease
+from batchserve.server.simulated import SIMULATED_MODEL_NAME, CostModel, SimulatedDevice
 
 log = logging.getLogger("batchserve.models")
 

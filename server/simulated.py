@@ -10,7 +10,7 @@ import zlib
 
 import numpy as np
 
-from batching.cost import CostModel, SerialDevice
+from batchserve.batching.cost import CostModel, SerialDevice
 
 __all__ = ["SIMULATED_MODEL_NAME", "CostModel", "SimulatedDevice"]
 

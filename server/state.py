@@ -7,11 +7,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from server.config import ServerConfig
-from server.errors import Draining
-from server.inference import Classifier
-from server.recording import Recorder
-from server.registry import ModelRegistry
+from batchserve.server.config import ServerConfig
+from batchserve.server.errors import Draining
+from batchserve.server.inference import Classifier
+from batchserve.server.recording import Recorder
+from batchserve.server.registry import ModelRegistry
 
 
 @dataclass

@@ -33,7 +33,7 @@ def chelsea() -> bytes:
 @pytest.fixture(scope="session")
 def built_models() -> Path:
     """The default repository with the real and the tiny model built (no-op when they are)."""
-    from model_repo.build import build_model
+    from batchserve.model_repo.build import build_model
 
     for name in ("efficientnet_lite0", "tiny"):
         build_model(name, MODEL_REPO, if_missing=True, progress=lambda _msg: None)

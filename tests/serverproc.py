@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
-BATCHSERVE = [sys.executable, "-m", "server.cli"]
+BATCHSERVE = [sys.executable, "-m", "batchserve"]
 
 
 def free_port() -> int:

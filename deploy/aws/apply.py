@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any, TextIO
 
-from deploy.aws.session import AwsContext, aws_errors
-from deploy.aws.stack import StackOperations, is_healthy, outputs_of
-from deploy.render import RenderedStack
+from batchserve.deploy.aws.session import AwsContext, aws_errors
+from batchserve.deploy.aws.stack import StackOperations, is_healthy, outputs_of
+from batchserve.deploy.render import RenderedStack
 
 
 def _print_outputs(stack: dict[str, Any], out: TextIO) -> None:

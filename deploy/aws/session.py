@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from deploy.errors import DeployError, MissingCredentials, UsageError
+from batchserve.deploy.errors import DeployError, MissingCredentials, UsageError
 
 CREDENTIALS_HELP = (
     "Set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (plus AWS_SESSION_TOKEN for temporary credentials), "

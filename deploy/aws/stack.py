@@ -13,9 +13,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from deploy.aws.session import AwsContext, aws_errors, error_code, error_message
-from deploy.errors import DeployError
-from deploy.render import CAPABILITIES, RenderedStack
+from batchserve.deploy.aws.session import AwsContext, aws_errors, error_code, error_message
+from batchserve.deploy.errors import DeployError
+from batchserve.deploy.render import CAPABILITIES, RenderedStack
 
 # A failed first creation leaves a stack that can only be deleted; it holds no resources.
 _DEAD_ON_ARRIVAL = {"ROLLBACK_COMPLETE"}

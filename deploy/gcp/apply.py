@@ -12,8 +12,8 @@ import subprocess
 from collections.abc import Sequence
 from typing import TextIO
 
-from deploy.errors import DeployError, MissingTool
-from deploy.render import shell
+from batchserve.deploy.errors import DeployError, MissingTool
+from batchserve.deploy.render import shell
 
 INSTALL_HELP = (
     "install the Google Cloud CLI (https://cloud.google.com/sdk/docs/install), then "

@@ -5,7 +5,7 @@ from __future__ import annotations
 from litestar import Response, get
 from litestar.di import NamedDependency
 
-from server.state import AppState
+from batchserve.server.state import AppState
 
 
 @get("/healthz", summary="The process is alive", tags=["health"])

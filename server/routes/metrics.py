@@ -6,8 +6,8 @@ from litestar import Request, Response, get
 from litestar.di import NamedDependency
 from litestar.exceptions import NotFoundException
 
-from server.metrics import Metrics
-from server.state import AppState
+from batchserve.server.metrics import Metrics
+from batchserve.server.state import AppState
 
 
 @get("/metrics", summary="Prometheus metrics", tags=["observability"], include_in_schema=False)

@@ -15,11 +15,11 @@ from litestar import Controller, Request, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath
 
-from server.errors import Forbidden, InvalidRequest, Unauthorized
-from server.registry import LoadedModel
-from server.routes.v1 import read_body
-from server.state import AppState
-from server.v2.wire import RepositoryActionRequest, RepositoryIndexRequest, decode_json
+from batchserve.server.errors import Forbidden, InvalidRequest, Unauthorized
+from batchserve.server.registry import LoadedModel
+from batchserve.server.routes.v1 import read_body
+from batchserve.server.state import AppState
+from batchserve.server.v2.wire import RepositoryActionRequest, RepositoryIndexRequest, decode_json
 
 log = logging.getLogger("batchserve.repository")
 ADMIN_HEADER = "x-admin-key"

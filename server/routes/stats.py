@@ -9,9 +9,9 @@ from litestar import get
 from litestar.di import NamedDependency
 from litestar.params import FromQuery, QueryParameter
 
-from events.analytics import StatsQuery, query_stats
-from server.errors import ServeError
-from server.state import AppState
+from batchserve.events.analytics import StatsQuery, query_stats
+from batchserve.server.errors import ServeError
+from batchserve.server.state import AppState
 
 GroupBy = Literal["minute", "hour", "day", "class", "user", "model"]
 

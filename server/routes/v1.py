@@ -11,12 +11,12 @@ from litestar.exceptions import InternalServerException
 from litestar.di import NamedDependency
 from litestar.params import FromPath, QueryParameter
 
-from server.errors import ErrorAnswer, InvalidRequest, UnsupportedMediaType, describe
-from server.inference import Classified, Deadline, Failed, ImageInput, header_timeout_ms, validate_top_k
-from server.registry import LoadedModel, model_summary
-from server.request_context import caller_of
-from server.schemas import ClassifyResult, ErrorOut, FileOutcome, MultiClassifyResult, PredictionOut, Timing
-from server.state import AppState
+from batchserve.server.errors import ErrorAnswer, InvalidRequest, UnsupportedMediaType, describe
+from batchserve.server.inference import Classified, Deadline, Failed, ImageInput, header_timeout_ms, validate_top_k
+from batchserve.server.registry import LoadedModel, model_summary
+from batchserve.server.request_context import caller_of
+from batchserve.server.schemas import ClassifyResult, ErrorOut, FileOutcome, MultiClassifyResult, PredictionOut, Timing
+from batchserve.server.state import AppState
 
 MULTIPART = "multipart/form-data"
 RAW_TYPES_WITHOUT_IMAGE_PREFIX = ("", "application/octet-stream")

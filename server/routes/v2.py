@@ -13,16 +13,16 @@ from litestar import Controller, Request, Response, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath
 
-from server.errors import Draining, InvalidRequest, ModelNotReady, describe
-from server.inference import Deadline, header_timeout_ms
-from server.registry import LoadedModel
-from server.request_context import caller_of
-from server.routes.v1 import read_body
-from server.state import AppState
-from server.v2.codec import HEADER_LENGTH, DecodedRequest, decode_content, decode_request, encode_response
-from server.v2.execute import ROUTE, run_plan
-from server.v2.metadata import model_config, model_metadata, server_metadata
-from server.v2.plan import plan_request
+from batchserve.server.errors import Draining, InvalidRequest, ModelNotReady, describe
+from batchserve.server.inference import Deadline, header_timeout_ms
+from batchserve.server.registry import LoadedModel
+from batchserve.server.request_context import caller_of
+from batchserve.server.routes.v1 import read_body
+from batchserve.server.state import AppState
+from batchserve.server.v2.codec import HEADER_LENGTH, DecodedRequest, decode_content, decode_request, encode_response
+from batchserve.server.v2.execute import ROUTE, run_plan
+from batchserve.server.v2.metadata import model_config, model_metadata, server_metadata
+from batchserve.server.v2.plan import plan_request
 
 MAX_VERSION = 2**31 - 1
 # Bodies above this are parsed in a worker thread: a JSON tensor of a few images takes tens of

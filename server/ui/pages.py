@@ -12,10 +12,10 @@ from litestar.datastructures import ResponseHeader
 from litestar.di import NamedDependency
 from litestar.response import Template
 
-from server import __version__
-from server.state import AppState
-from server.ui.templating import static_files_router
-from server.ui.views import model_cards, service_status
+from batchserve import __version__
+from batchserve.server.state import AppState
+from batchserve.server.ui.templating import static_files_router
+from batchserve.server.ui.views import model_cards, service_status
 
 # Scripts, styles and API calls come only from this origin, and nothing inline runs: the pages
 # work under this policy, and the browser tests fail on any violation it reports.

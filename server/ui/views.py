@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from server.registry import model_summary
-from server.state import AppState
+from batchserve.server.registry import model_summary
+from batchserve.server.state import AppState
 
 
 @dataclass(frozen=True)

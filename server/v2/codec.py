@@ -18,9 +18,9 @@ from typing import Any
 import msgspec
 import numpy as np
 
-from server.errors import InvalidRequest, PayloadTooLarge, UnsupportedMediaType
-from server.v2.datatypes import BYTES, KNOWN, NUMPY_DTYPES
-from server.v2.wire import InferenceRequest, InferenceResponse, RequestInput, ResponseOutput, decode_json, int_parameter
+from batchserve.server.errors import InvalidRequest, PayloadTooLarge, UnsupportedMediaType
+from batchserve.server.v2.datatypes import BYTES, KNOWN, NUMPY_DTYPES
+from batchserve.server.v2.wire import InferenceRequest, InferenceResponse, RequestInput, ResponseOutput, decode_json, int_parameter
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 MAX_DIM = 2**31 - 1

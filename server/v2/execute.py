@@ -12,15 +12,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from model_repo.topk import softmax, top_k
-from server.errors import ErrorAnswer, ErrorInfo, describe
-from server.inference import Classified, Deadline, DecodedImage, Failed, ImageInput, Prediction
-from server.registry import LoadedModel
-from server.request_context import Caller
-from server.state import AppState
-from server.v2.codec import OutputTensor
-from server.v2.datatypes import BYTES
-from server.v2.plan import PROBABILITIES_OUTPUT, OutputPlan, Plan
+from batchserve.model_repo.topk import softmax, top_k
+from batchserve.server.errors import ErrorAnswer, ErrorInfo, describe
+from batchserve.server.inference import Classified, Deadline, DecodedImage, Failed, ImageInput, Prediction
+from batchserve.server.registry import LoadedModel
+from batchserve.server.request_context import Caller
+from batchserve.server.state import AppState
+from batchserve.server.v2.codec import OutputTensor
+from batchserve.server.v2.datatypes import BYTES
+from batchserve.server.v2.plan import PROBABILITIES_OUTPUT, OutputPlan, Plan
 
 ROUTE = "v2"
 

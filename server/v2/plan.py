@@ -14,11 +14,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from server.errors import InvalidRequest
-from server.registry import LoadedModel
-from server.v2.codec import DecodedRequest, Tensor
-from server.v2.datatypes import BYTES
-from server.v2.wire import bool_parameter, int_parameter
+from batchserve.server.errors import InvalidRequest
+from batchserve.server.registry import LoadedModel
+from batchserve.server.v2.codec import DecodedRequest, Tensor
+from batchserve.server.v2.datatypes import BYTES
+from batchserve.server.v2.wire import bool_parameter, int_parameter
 
 IMAGE_INPUT = "image"
 PROBABILITIES_OUTPUT = "probabilities"

@@ -10,7 +10,7 @@ from typing import Any
 
 import msgspec
 
-from server.errors import InvalidRequest
+from batchserve.server.errors import InvalidRequest
 
 
 class RequestInput(msgspec.Struct):

@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import pytest
 
-from batching import Batcher, BatchingConfig, BatchResultMismatch, DeadlineExceeded, QueueFull
+from batchserve.batching import Batcher, BatchingConfig, BatchResultMismatch, DeadlineExceeded, QueueFull
 from tests.batching.batcher_fakes import CostModel, GatedModel, VirtualClock, settle
 
 

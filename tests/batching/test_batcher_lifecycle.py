@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from batching import Batcher, BatcherClosed, BatchingConfig
+from batchserve.batching import Batcher, BatcherClosed, BatchingConfig
 from tests.batching.batcher_fakes import CostModel, GatedModel, settle
 
 

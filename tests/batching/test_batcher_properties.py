@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from batching import Batcher, BatchingConfig, BatchOutcome, QueueFull
+from batchserve.batching import Batcher, BatchingConfig, BatchOutcome, QueueFull
 
 Item = tuple[int, int, bool]  # (request id, index in request, poisoned)
 

@@ -8,7 +8,7 @@ import functools
 
 from tests.batching.batcher_fakes import CostModel, GatedModel, SyncCostModel, settle
 
-from batching import Batcher, BatchingConfig, BatchOutcome, BatchRecord
+from batchserve.batching import Batcher, BatchingConfig, BatchOutcome, BatchRecord
 
 
 async def test_64_concurrent_submitters_share_batches_and_get_their_own_answers() -> None:

@@ -4,7 +4,7 @@ import dataclasses
 
 import pytest
 
-from batching import BatchingConfig
+from batchserve.batching import BatchingConfig
 
 
 def test_defaults_are_valid_and_documented_values() -> None:

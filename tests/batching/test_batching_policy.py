@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from batching import BatchingConfig
-from batching.policy import Decision, decide
+from batchserve.batching import BatchingConfig
+from batchserve.batching.policy import Decision, decide
 
 
 def test_full_batch_goes_at_once_whatever_the_delay() -> None:

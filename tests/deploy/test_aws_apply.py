@@ -10,8 +10,8 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 
-from deploy.aws.stack import failure_report, format_event, is_missing_stack_error, is_no_update_error
-from deploy.cli import main
+from batchserve.deploy.aws.stack import failure_report, format_event, is_missing_stack_error, is_no_update_error
+from batchserve.deploy.cli import main
 from tests.deploy.conftest import AMI_PARAMETER, REGION
 
 pytestmark = pytest.mark.filterwarnings("ignore:Tried to parse:UserWarning")

@@ -11,9 +11,9 @@ from pathlib import Path
 import boto3
 import pytest
 
-from deploy.aws import cfn_yaml
-from deploy.render import AwsProfile, render_aws
-from deploy.validate import lint_cloudformation
+from batchserve.deploy.aws import cfn_yaml
+from batchserve.deploy.render import AwsProfile, render_aws
+from batchserve.deploy.validate import lint_cloudformation
 from tests.deploy.cfn_resolve import StackScope, coerce_to_api
 from tests.deploy.conftest import AMI_PARAMETER, REGION
 

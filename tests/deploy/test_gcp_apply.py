@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from deploy.cli import main
+from batchserve.deploy.cli import main
 
 IMAGE = "us-docker.pkg.dev/proj/images/batchserve:1"
 RECORDER = """#!/bin/sh

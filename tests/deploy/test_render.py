@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from deploy.aws import cfn_yaml
-from deploy.errors import UsageError
-from deploy.render import AwsProfile, check_parameter, render_aws
+from batchserve.deploy.aws import cfn_yaml
+from batchserve.deploy.errors import UsageError
+from batchserve.deploy.render import AwsProfile, check_parameter, render_aws
 
 IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/batchserve:3"
 

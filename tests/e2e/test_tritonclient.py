@@ -13,7 +13,7 @@ import pytest
 import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
-from model_repo.preprocess import PreprocessConfig, prepare_image
+from batchserve.model_repo.preprocess import PreprocessConfig, prepare_image
 from tests.serverproc import ServerProcess
 
 pytestmark = pytest.mark.slow

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from model_repo.build import build_model
+from batchserve.model_repo.build import build_model
 from tests.server.conftest import jpeg_bytes
 from tests.serverproc import ROOT, ServerProcess
 
@@ -37,7 +37,7 @@ def set_policy(repo: Path, policy: str) -> None:
 
 async def cli(*args: str) -> tuple[int, str]:
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "server.cli", "models", *args, cwd=ROOT,
+        sys.executable, "-m", "batchserve", "models", *args, cwd=ROOT,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )
     out, _ = await asyncio.wait_for(process.communicate(), timeout=120)

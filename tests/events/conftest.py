@@ -13,9 +13,9 @@ from typing import Any, TypeVar
 import asyncpg
 import pytest
 
-from events.config import EventsConfig, redact_url
-from events.model import Event
-from events.store import EventStore, open_store
+from batchserve.events.config import EventsConfig, redact_url
+from batchserve.events.model import Event
+from batchserve.events.store import EventStore, open_store
 from tests.events.event_helpers import make_event, with_search_path
 
 T = TypeVar("T")

@@ -10,8 +10,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from events.model import Event
-from events.store import EventStore
+from batchserve.events.model import Event
+from batchserve.events.store import EventStore
 
 
 def with_search_path(url: str, schema: str) -> str:

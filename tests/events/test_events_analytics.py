@@ -15,11 +15,11 @@ from typing import Any
 
 import pytest
 
-from events.analytics import GROUP_BYS, StatsQuery, query_stats
-from events.config import EventsConfig
-from events.errors import InvalidStatsQuery
-from events.model import Event
-from events.store import EventStore, open_store
+from batchserve.events.analytics import GROUP_BYS, StatsQuery, query_stats
+from batchserve.events.config import EventsConfig
+from batchserve.events.errors import InvalidStatsQuery
+from batchserve.events.model import Event
+from batchserve.events.store import EventStore, open_store
 from tests.events.event_helpers import make_event
 
 T0 = datetime(2024, 3, 9, 23, 58, 0, tzinfo=UTC)  # spans minutes, hours and a day boundary

@@ -14,11 +14,11 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from events.analytics import StatsQuery, query_stats
-from events.commands import register
-from events.config import EventsConfig
-from events.migrate import latest_version
-from events.store import open_store
+from batchserve.events.analytics import StatsQuery, query_stats
+from batchserve.events.commands import register
+from batchserve.events.config import EventsConfig
+from batchserve.events.migrate import latest_version
+from batchserve.events.store import open_store
 from tests.events.event_helpers import closed_port, make_event
 
 

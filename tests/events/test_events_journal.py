@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from events.errors import JournalError
-from events.journal import Journal
-from events.model import Event
+from batchserve.events.errors import JournalError
+from batchserve.events.journal import Journal
+from batchserve.events.model import Event
 from tests.events.event_helpers import make_event
 
 
@@ -77,7 +77,7 @@ def test_torn_last_line_is_skipped_with_a_warning(tmp_path: Path, caplog: pytest
     (segment,) = journal.sealed_segments()
     data = segment.read_bytes()
     segment.write_bytes(data[: len(data) - 40])  # a write cut short by a crash
-    with caplog.at_level(logging.WARNING, logger="events.journal"):
+    with caplog.at_level(logging.WARNING, logger="batchserve.events.journal"):
         contents = Journal(tmp_path, max_bytes=1 << 20).read(segment)
     assert [e.request_id for e in contents.events] == ["req-0", "req-1"]
     assert contents.skipped_lines == 1

@@ -9,10 +9,10 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from events.config import EventsConfig
-from events.errors import SchemaMissing
-from events.migrate import latest_version, load_migrations, split_sqlite_script
-from events.store import EventStore, open_store
+from batchserve.events.config import EventsConfig
+from batchserve.events.errors import SchemaMissing
+from batchserve.events.migrate import latest_version, load_migrations, split_sqlite_script
+from batchserve.events.store import EventStore, open_store
 from tests.events.event_helpers import count_rows
 
 TABLES = {"schema_migrations", "time_dim", "user_dim", "image_dim", "class_dim", "api_event_fact"}

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from events.config import EventsConfig
-from events.store import open_store
-from events.writer import EventWriter
+from batchserve.events.config import EventsConfig
+from batchserve.events.store import open_store
+from batchserve.events.writer import EventWriter
 from tests.events.event_helpers import make_event, target_of, wait_until, with_port
 from tests.events.tcp_proxy import TcpProxy
 

@@ -9,12 +9,12 @@ from datetime import UTC, datetime
 
 import pytest
 
-from events.config import EventsConfig, redact_url
-from events.errors import EventsConfigError
-from events.keycache import KeyCache
-from events.pii import apply_pii, truncate_ip
-from events.ratelog import RateLimitedLog
-from events.rows import canonical_event_id, natural_key, prepare
+from batchserve.events.config import EventsConfig, redact_url
+from batchserve.events.errors import EventsConfigError
+from batchserve.events.keycache import KeyCache
+from batchserve.events.pii import apply_pii, truncate_ip
+from batchserve.events.ratelog import RateLimitedLog
+from batchserve.events.rows import canonical_event_id, natural_key, prepare
 from tests.events.event_helpers import WITHOUT_IMAGE, make_event
 
 
@@ -93,7 +93,7 @@ def test_prepare_makes_every_value_fit_its_column(caplog: pytest.LogCaptureFixtu
         batch_size=True,
         status=70000,
     )
-    with caplog.at_level(logging.WARNING, logger="events.rows"):
+    with caplog.at_level(logging.WARNING, logger="batchserve.events.rows"):
         batch = prepare([event])
     fact = batch.facts[0]
     assert fact.event_id == canonical_event_id("not-a-uuid")  # deterministic: replays still deduplicate
@@ -162,7 +162,7 @@ def test_rate_limited_log_counts_what_it_suppresses(caplog: pytest.LogCaptureFix
     now = [0.0]
     logger = logging.getLogger("events.test.ratelog")
     ratelog = RateLimitedLog(logger, logging.ERROR, interval_s=5.0, clock=lambda: now[0])
-    with caplog.at_level(logging.ERROR, logger="events.test.ratelog"):
+    with caplog.at_level(logging.ERROR, logger="batchserve.events.test.ratelog"):
         assert ratelog("dropped %d", 1)
         assert not ratelog("dropped %d", 2)
         assert not ratelog("dropped %d", 3)

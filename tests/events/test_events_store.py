@@ -11,8 +11,8 @@ from typing import Any
 
 import asyncpg
 
-from events.config import EventsConfig
-from events.store import EventStore, open_store
+from batchserve.events.config import EventsConfig
+from batchserve.events.store import EventStore, open_store
 from tests.events.event_helpers import WITHOUT_IMAGE, count_rows, make_event
 
 DIM_TABLES = ("time_dim", "user_dim", "image_dim", "class_dim")

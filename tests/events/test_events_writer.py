@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 
-from events.config import EventsConfig
-from events.errors import MigrationError
-from events.model import Event
-from events.store import open_store
-from events.writer import EventWriter
+from batchserve.events.config import EventsConfig
+from batchserve.events.errors import MigrationError
+from batchserve.events.model import Event
+from batchserve.events.store import open_store
+from batchserve.events.writer import EventWriter
 from tests.events.event_helpers import closed_port, count_rows, make_event, target_of, wait_until, with_port
 from tests.events.tcp_proxy import TcpProxy
 
@@ -162,7 +162,7 @@ async def test_full_journal_drops_loudly_and_counts(
     config = dataclasses.replace(_down(store_config, tmp_path), journal_max_bytes=4096, store_timeout_s=1.0)
     writer = EventWriter(config)
     await writer.start()
-    with caplog.at_level(logging.ERROR, logger="events.writer"):
+    with caplog.at_level(logging.ERROR, logger="batchserve.events.writer"):
         for i in range(100):
             writer.put(make_event(i))
         await writer.close()
@@ -214,7 +214,7 @@ async def test_put_never_raises(store_config: EventsConfig, caplog: pytest.LogCa
     writer = EventWriter(store_config)
     await writer.start()
     weird: Any = object()
-    with caplog.at_level(logging.ERROR, logger="events.writer"):
+    with caplog.at_level(logging.ERROR, logger="batchserve.events.writer"):
         writer.put(weird)  # a caller's bug must not fail the request
     assert writer.stats.dropped_total == 1 and "takes an Event" in caplog.text
     writer.put(make_event(1, width="wide", ts="yesterday"))  # wrong field types: sanitised, kept
@@ -222,7 +222,7 @@ async def test_put_never_raises(store_config: EventsConfig, caplog: pytest.LogCa
     await writer.close()
     assert writer.stats.written_total == 2
     caplog.clear()
-    with caplog.at_level(logging.ERROR, logger="events.writer"):
+    with caplog.at_level(logging.ERROR, logger="batchserve.events.writer"):
         writer.put(make_event(3))  # after close: counted and logged, not silent
     assert writer.stats.dropped_total == 2
     assert "closed" in caplog.text

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from loadtest.http_load import LoadClientError, parse_result, run_aiohttp, run_wrk, wrk_available
+from batchserve.loadtest.http_load import LoadClientError, parse_result, run_aiohttp, run_wrk, wrk_available
 from tests.serverproc import ServerProcess
 
 IMAGES = Path(__file__).resolve().parents[1] / "data" / "images"
@@ -18,7 +18,7 @@ IMAGES = Path(__file__).resolve().parents[1] / "data" / "images"
 @pytest.mark.slow
 def test_bench_reports_every_measurement(built_models: Path, tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
-    command = [sys.executable, "-m", "server.cli", "bench", "--duration", "0.3", "--repeats", "2",
+    command = [sys.executable, "-m", "batchserve", "bench", "--duration", "0.3", "--repeats", "2",
                "--concurrency", "1,4", "--batch-sizes", "1,2", "--model", "tiny", "--model-repo", str(built_models),
                "--simulate-cost", "5+0.5", "--json", str(out)]
     proc = subprocess.run(command, capture_output=True, text=True, timeout=240, check=False)
@@ -66,7 +66,7 @@ def test_bench_reports_every_measurement(built_models: Path, tmp_path: Path) -> 
     ],
 )
 def test_bench_explains_what_it_cannot_do(args: list[str], status: int, message: str) -> None:
-    proc = subprocess.run([sys.executable, "-m", "server.cli", "bench", *args],
+    proc = subprocess.run([sys.executable, "-m", "batchserve", "bench", *args],
                           capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == status, proc.stderr
     assert message in proc.stderr and "Traceback" not in proc.stderr

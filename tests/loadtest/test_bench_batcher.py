@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from loadtest.bench_batcher import main
+from batchserve.loadtest.bench_batcher import main
 
 ROOT = Path(__file__).resolve().parents[2]
 LEVEL_FIELDS = {

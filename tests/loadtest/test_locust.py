@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from loadtest.locust_run import EXIT_MISSED, EXIT_PASS, EXIT_USAGE, check_url, locust_command
-from loadtest.report import Measured, StatsError, evaluate, missed, read_stats, read_summary, table
-from loadtest.targets import DEFAULT_TARGETS, Targets, TargetsError, load_profile, parse_duration
+from batchserve.loadtest.locust_run import EXIT_MISSED, EXIT_PASS, EXIT_USAGE, check_url, locust_command
+from batchserve.loadtest.report import Measured, StatsError, evaluate, missed, read_stats, read_summary, table
+from batchserve.loadtest.targets import DEFAULT_TARGETS, Targets, TargetsError, load_profile, parse_duration
 from tests.serverproc import ServerProcess
 
 EASY = """
@@ -38,7 +38,7 @@ max_p99_ms = 60000
 
 
 def _loadtest(url: str, targets: Path, profile: str, out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, "-m", "server.cli", "loadtest", "--url", url, "--profile", profile,
+    command = [sys.executable, "-m", "batchserve", "loadtest", "--url", url, "--profile", profile,
                "--targets", str(targets), "--out", str(out), *extra]
     return subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from loadtest.workload import Expectation, WorkloadError, load_manifest
+from batchserve.loadtest.workload import Expectation, WorkloadError, load_manifest
 from tests.serverproc import ServerProcess, free_port
 
 WORKLOAD = Path(__file__).resolve().parents[2] / "loadtest" / "workload.py"

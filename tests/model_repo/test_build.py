@@ -13,10 +13,10 @@ import pytest
 from onnx import TensorProto
 from PIL import Image
 
-import model_repo.build as build_mod
-from model_repo.build import BUILDERS, BuildError, build_model, list_builders
-from model_repo.labels import LabelsError, load_imagenet_labels, read_labels, write_labels
-from model_repo.synthetic import build_tiny
+import batchserve.model_repo.build as build_mod
+from batchserve.model_repo.build import BUILDERS, BuildError, build_model, list_builders
+from batchserve.model_repo.labels import LabelsError, load_imagenet_labels, read_labels, write_labels
+from batchserve.model_repo.synthetic import build_tiny
 
 SHIPPED_MODELS = Path(build_mod.__file__).resolve().parent / "models"
 CHELSEA = Path(__file__).resolve().parents[1] / "data" / "images" / "chelsea.jpg"

@@ -14,9 +14,9 @@ import onnxruntime as ort
 import pytest
 from PIL import Image
 
-from model_repo.build import build_model
-from model_repo.efficientnet import StateDictError, block_specs, build_efficientnet_lite0, same_padding
-from model_repo.weights import efficientnet_lite0_weights_path, load_legacy_torch_state_dict
+from batchserve.model_repo.build import build_model
+from batchserve.model_repo.efficientnet import StateDictError, block_specs, build_efficientnet_lite0, same_padding
+from batchserve.model_repo.weights import efficientnet_lite0_weights_path, load_legacy_torch_state_dict
 
 IMAGES = Path(__file__).resolve().parents[1] / "data" / "images"
 MANIFEST = tomllib.loads((IMAGES / "manifest.toml").read_text(encoding="utf-8"))

@@ -15,9 +15,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageOps
 
-from model_repo.errors import ImageDecodeError, ImageTooLarge, ModelRepoError, UnsupportedImageType
-from model_repo.image_formats import check_declared_type, content_type_for, sniff_format
-from model_repo.preprocess import PreprocessConfig, PreparedImage, crop_box, decode_image, prepare_image
+from batchserve.model_repo.errors import ImageDecodeError, ImageTooLarge, ModelRepoError, UnsupportedImageType
+from batchserve.model_repo.image_formats import check_declared_type, content_type_for, sniff_format
+from batchserve.model_repo.preprocess import PreprocessConfig, PreparedImage, crop_box, decode_image, prepare_image
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = PreprocessConfig()

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from model_repo.providers import CPU, CUDA, TENSORRT, choose_providers, provider_options
+from batchserve.model_repo.providers import CPU, CUDA, TENSORRT, choose_providers, provider_options
 
 GPU_BUILD = [TENSORRT, CUDA, CPU]
 CUDA_BUILD = [CUDA, CPU]

@@ -10,9 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from model_repo.errors import ModelLoadError
-from model_repo.runner import Runner, RunnerConfig
-from model_repo.topk import softmax, top_k
+from batchserve.model_repo.errors import ModelLoadError
+from batchserve.model_repo.runner import Runner, RunnerConfig
+from batchserve.model_repo.topk import softmax, top_k
 
 SAMPLE = (3, 224, 224)
 

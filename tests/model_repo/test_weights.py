@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from model_repo.weights import (
+from batchserve.model_repo.weights import (
     LEGACY_MAGIC,
     LEGACY_PROTOCOL,
     RestrictedUnpickler,

@@ -12,8 +12,8 @@ import pytest
 import httpx
 from PIL import Image
 
-from server.app import create_app
-from server.config import ServerConfig
+from batchserve.server.app import create_app
+from batchserve.server.config import ServerConfig
 
 AppFactory = Callable[..., Any]
 

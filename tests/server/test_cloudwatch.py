@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from server.cloudwatch import QueueDepthReporter, emf_documents
+from batchserve.server.cloudwatch import QueueDepthReporter, emf_documents
 
 
 def check_emf(document: dict) -> None:

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from server.cli import build_parser
-from server.config import ServerConfig, from_sources
+from batchserve.cli import build_parser
+from batchserve.server.config import ServerConfig, from_sources
 
 
 def parse_serve(*argv: str) -> dict:

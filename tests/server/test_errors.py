@@ -3,10 +3,10 @@
 import pytest
 from litestar.exceptions import MethodNotAllowedException, NotFoundException, ValidationException
 
-from batching.errors import BatcherClosed, DeadlineExceeded, QueueFull
-from events.errors import InvalidStatsQuery, StoreUnavailable
-from model_repo.errors import ImageDecodeError, ImageTooLarge, ModelNotFound, UnsupportedImageType
-from server.errors import (
+from batchserve.batching.errors import BatcherClosed, DeadlineExceeded, QueueFull
+from batchserve.events.errors import InvalidStatsQuery, StoreUnavailable
+from batchserve.model_repo.errors import ImageDecodeError, ImageTooLarge, ModelNotFound, UnsupportedImageType
+from batchserve.server.errors import (
     Draining,
     InvalidParameter,
     InvalidRequest,

@@ -5,10 +5,10 @@ import asyncio
 import numpy as np
 import pytest
 
-from model_repo.errors import ModelLoadError
-from server.registry import split_knobs
-from batching.cost import CostModel
-from server.simulated import SimulatedDevice
+from batchserve.model_repo.errors import ModelLoadError
+from batchserve.server.registry import split_knobs
+from batchserve.batching.cost import CostModel
+from batchserve.server.simulated import SimulatedDevice
 
 
 def test_knobs_split_into_batching_limits_and_threads() -> None:

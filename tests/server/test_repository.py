@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from model_repo.build import build_model
-from server.config import ServerConfig
-from server.leases import LeaseScope
-from server.registry import ModelRegistry
+from batchserve.model_repo.build import build_model
+from batchserve.server.config import ServerConfig
+from batchserve.server.leases import LeaseScope
+from batchserve.server.registry import ModelRegistry
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY_CONFIG = ROOT / "model_repo" / "models" / "tiny" / "config.toml"

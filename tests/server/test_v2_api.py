@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import tritonclient.http as triton
 
-from model_repo.preprocess import PreprocessConfig, prepare_image
+from batchserve.model_repo.preprocess import PreprocessConfig, prepare_image
 from tests.server.conftest import jpeg_bytes, png_bytes
 
 INFER = "/v2/models/tiny/infer"

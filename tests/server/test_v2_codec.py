@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 from tritonclient.http import InferResult
 from tritonclient.utils import serialize_byte_tensor
 
-from server.errors import InvalidRequest, PayloadTooLarge, UnsupportedMediaType
-from server.v2.codec import (
+from batchserve.server.errors import InvalidRequest, PayloadTooLarge, UnsupportedMediaType
+from batchserve.server.v2.codec import (
     OutputTensor,
     decode_content,
     decode_request,

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Page
 
-from server import __version__
+from batchserve import __version__
 from tests.ui.browser import PHONE, PageWatch, no_horizontal_overflow, screenshot
 
 pytestmark = pytest.mark.browser

@@ -11,11 +11,11 @@ from typing import Any
 import pytest
 from litestar.testing import AsyncTestClient
 
-from server import __version__
-from server.app import create_app
-from server.config import ServerConfig
-from server.ui.pages import CONTENT_SECURITY_POLICY
-from server.ui.templating import STATIC_DIR
+from batchserve import __version__
+from batchserve.server.app import create_app
+from batchserve.server.config import ServerConfig
+from batchserve.server.ui.pages import CONTENT_SECURITY_POLICY
+from batchserve.server.ui.templating import STATIC_DIR
 
 PAGES = ("/", "/about", "/upload", "/dashboard")
 CHART_JS_VERSION = "4.6.1"

@@ -6,10 +6,10 @@ import hashlib
 
 import pytest
 
-from server.app import build_state
-from server.config import ServerConfig
-from server.ui.templating import STATIC_DIR, StaticAssetMissing, static_url
-from server.ui.views import format_ms, format_uptime, model_card, service_status
+from batchserve.server.app import build_state
+from batchserve.server.config import ServerConfig
+from batchserve.server.ui.templating import STATIC_DIR, StaticAssetMissing, static_url
+from batchserve.server.ui.views import format_ms, format_uptime, model_card, service_status
 
 
 @pytest.mark.parametrize(
