@@ -3,10 +3,10 @@
 Standard library only; generic over the batch function, so it knows nothing of HTTP, ONNX or images.
 """
 
-from .batcher import Batcher, BatchFn, BatchOutcome, BatchRecord
-from .config import BatchingConfig
-from .errors import BatchResultMismatch, BatcherClosed, BatchingError, DeadlineExceeded, QueueFull
-from .stats import BatcherStats, LatencySummary
+from batchserve.batching.batcher import Batcher, BatchFn, BatchOutcome, BatchRecord
+from batchserve.batching.config import BatchingConfig
+from batchserve.batching.errors import BatcherClosed, BatchingError, BatchResultMismatch, DeadlineExceeded, QueueFull
+from batchserve.batching.stats import BatcherStats, LatencySummary, nearest_rank
 
 __all__ = [
     "Batcher",
@@ -16,6 +16,7 @@ __all__ = [
     "BatchingConfig",
     "BatcherStats",
     "LatencySummary",
+    "nearest_rank",
     "BatchingError",
     "QueueFull",
     "DeadlineExceeded",

@@ -10,7 +10,7 @@ import math
 from collections import deque
 from dataclasses import dataclass, field
 
-__all__ = ["LatencySummary", "BatcherStats", "StatsRecorder"]
+__all__ = ["LatencySummary", "BatcherStats", "StatsRecorder", "nearest_rank"]
 
 WINDOW = 2048
 """Samples kept for percentiles: recent enough to follow load changes, small enough to sort per scrape."""
@@ -25,10 +25,6 @@ class LatencySummary:
     sum_s: float = 0.0
     p50_s: float = 0.0
     p99_s: float = 0.0
-
-    @property
-    def mean_s(self) -> float:
-        return self.sum_s / self.count if self.count else 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +80,8 @@ class _Window:
 
 
 def nearest_rank(ordered: list[float], q: float) -> float:
-    """Nearest-rank percentile of an ascending list (the definition Postgres' percentile_disc uses)."""
+    """Nearest-rank percentile of an ascending list (the definition Postgres' percentile_disc uses);
+    ``q`` is a fraction (0.99 for p99), and an empty list gives 0."""
     if not ordered:
         return 0.0
     rank = max(1, math.ceil(q * len(ordered)))

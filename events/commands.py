@@ -10,19 +10,18 @@ import argparse
 import asyncio
 import os
 import sys
-import urllib.error
 import urllib.parse
-import urllib.request
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
 import msgspec
 
-from .analytics import GROUP_BYS, StatsQuery, query_stats
-from .config import EventsConfig, redact_url
-from .errors import EventsError
-from .store import EventStore, open_store
+from batchserve.client.http import HttpError, NotJson, Unreachable, request_json
+from batchserve.events.analytics import GROUP_BYS, StatsQuery, query_stats
+from batchserve.events.config import EventsConfig, redact_url
+from batchserve.events.errors import EventsError
+from batchserve.events.store import EventStore, open_store
 
 __all__ = ["register", "resolve_config", "run_db_upgrade", "run_stats"]
 
@@ -32,7 +31,7 @@ ENV_API_KEY = "BATCHSERVE_API_KEY"
 _HTTP_TIMEOUT_S = 30.0
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction) -> None:
     db = subparsers.add_parser("db", help="event database maintenance", description="Event database maintenance.")
     db_commands = db.add_subparsers(dest="db_command", metavar="COMMAND", required=True)
     upgrade = db_commands.add_parser(
@@ -145,7 +144,7 @@ class _ServerError(Exception):
 
 
 def _fetch_from_server(base_url: str, q: StatsQuery, api_key: str | None) -> dict[str, Any]:
-    params = {"group_by": q.group_by}
+    params: dict[str, str] = {"group_by": q.group_by}
     if q.start is not None:
         params["from"] = q.start.isoformat()
     if q.end is not None:
@@ -155,37 +154,18 @@ def _fetch_from_server(base_url: str, q: StatsQuery, api_key: str | None) -> dic
     if q.user is not None:
         params["user"] = q.user
     url = f"{base_url.rstrip('/')}/v1/stats?{urllib.parse.urlencode(params)}"
-    request = urllib.request.Request(url, headers={"Accept": "application/json"})
-    if api_key:
-        request.add_header("X-API-Key", api_key)
+    headers = {"X-API-Key": api_key} if api_key else {}
     try:
-        with urllib.request.urlopen(request, timeout=_HTTP_TIMEOUT_S) as response:
-            body = response.read()
-    except urllib.error.HTTPError as exc:
-        raise _ServerError(f"{redact_url(url)} answered {exc.code}: {_error_message(exc.read())}") from None
-    except (urllib.error.URLError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise _ServerError(f"cannot reach {redact_url(base_url)}: {reason}") from None
-    try:
-        result = msgspec.json.decode(body)
-    except msgspec.DecodeError:
+        result = request_json(url, headers=headers, timeout=_HTTP_TIMEOUT_S)
+    except Unreachable as exc:
+        raise _ServerError(f"cannot reach {redact_url(base_url)}: {exc.message}") from None
+    except NotJson:
         raise _ServerError(f"{redact_url(url)} did not answer JSON") from None
+    except HttpError as exc:
+        raise _ServerError(f"{redact_url(url)} answered {exc.status}: {exc.message}") from None
     if not isinstance(result, dict) or "groups" not in result:
         raise _ServerError(f"{redact_url(url)} answered something other than statistics")
     return result
-
-
-def _error_message(body: bytes) -> str:
-    try:
-        data = msgspec.json.decode(body)
-        error = data.get("error") if isinstance(data, dict) else None
-        if isinstance(error, dict):
-            return str(error.get("message") or error.get("code"))
-        if isinstance(error, str):
-            return error
-    except msgspec.DecodeError:
-        pass
-    return body[:200].decode("utf-8", "replace") or "(empty body)"
 
 
 def _ms(value: float | None) -> str:

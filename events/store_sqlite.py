@@ -1,9 +1,15 @@
 """The embedded store: one SQLite file in WAL mode, driven from dedicated threads.
 
 Each connection lives on its own single-thread executor (sqlite3 connections belong to the
-thread that made them), so a whole batch — dimension upserts and ``executemany`` of the facts,
-one transaction — costs the event loop one hop and never blocks it.  Reads for analytics use a
-second connection: WAL lets them run while the writer commits.
+thread that made them), so a whole batch — dimension upserts, the SELECTs that resolve their
+keys and ``executemany`` of the facts, one transaction — runs as one function on that thread:
+it costs the event loop one hop and never blocks it.  Reads for analytics use a second
+connection: WAL lets them run while the writer commits.
+
+This is plain sqlite3 rather than aiosqlite on purpose. aiosqlite's public API hops to its
+thread once per statement, so a flush would cost a dozen round trips through the event loop
+instead of one; and the schema migrations (``migrate.py``) are synchronous sqlite3 code that
+takes the raw connection, which aiosqlite exposes only through private attributes.
 """
 
 from __future__ import annotations
@@ -16,10 +22,10 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .errors import SchemaMissing, StoreError, StoreUnavailable
-from .migrate import migrate_sqlite, sqlite_schema_version
-from .rows import PreparedBatch
-from .store import FACT_COLUMNS, DimKeys, EventStore, StaleDimensionKey
+from batchserve.events.errors import SchemaMissing, StoreError, StoreUnavailable
+from batchserve.events.migrate import migrate_sqlite, sqlite_schema_version
+from batchserve.events.rows import PreparedBatch
+from batchserve.events.store import FACT_COLUMNS, DimKeys, EventStore, StaleDimensionKey
 
 __all__ = ["SqliteStore", "format_ts", "parse_ts"]
 

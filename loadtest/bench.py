@@ -21,23 +21,21 @@ import shutil
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from batchserve.client.http import HttpError, request_json
 from batchserve.loadtest.bench_report import Samples, machine, render, summarise
 from batchserve.loadtest.http_load import LoadClientError, run_load, wrk_available
+from batchserve.loadtest.samples import SAMPLE_PHOTO
 from batchserve.loadtest.server_process import ServerProcess, ServerStartError, start_server
 from batchserve.model_repo.errors import ModelRepoError
 from batchserve.model_repo.repository import DEFAULT_REPOSITORY
 
 if TYPE_CHECKING:  # ONNX Runtime loads only when a bench runs, not when the CLI parser is built
     from batchserve.loadtest.inprocess import InProcess
-
-DEFAULT_IMAGE = Path(__file__).resolve().parent.parent / "tests" / "data" / "images" / "chelsea.jpg"
-_NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 @dataclass(frozen=True)
@@ -49,7 +47,7 @@ class BenchSettings:
     model: str = "efficientnet_lite0"
     model_repo: Path = DEFAULT_REPOSITORY
     simulate_cost: str | None = "40+2"
-    image: Path = DEFAULT_IMAGE
+    image: Path = SAMPLE_PHOTO
     sim_image: Path | None = None
     """Image for the simulated server; None: a generated 256 x 256 JPEG (see small_jpeg)."""
     client: str = "auto"
@@ -65,13 +63,11 @@ class BenchSettings:
             raise ValueError(f"--client must be auto, wrk or aiohttp, not {self.client!r}")
 
 
-def _get_json(url: str) -> Any:
-    with _NO_PROXY.open(url, timeout=10) as resp:
-        return json.loads(resp.read())
-
-
 def _model_info(server: ServerProcess, name: str) -> dict[str, Any]:
-    return _get_json(f"{server.url}/v1/models/{name}")["versions"][-1]
+    try:
+        return request_json(f"{server.url}/v1/models/{name}", timeout=10)["versions"][-1]
+    except HttpError as exc:
+        raise LoadClientError(f"cannot read model {name!r} from {server.url}: {exc.message}") from None
 
 
 def small_jpeg(folder: Path) -> Path:
@@ -145,8 +141,8 @@ def _round(settings: BenchSettings, inproc: InProcess, server: ServerProcess, si
 
 
 def run_bench(settings: BenchSettings, say: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
-    from batchserve.loadtest.inprocess import InProcess
     from batchserve.batching.cost import CostModel
+    from batchserve.loadtest.inprocess import InProcess
 
     cost = CostModel.parse(settings.simulate_cost) if settings.simulate_cost else None
     image = settings.image.read_bytes()
@@ -159,11 +155,12 @@ def run_bench(settings: BenchSettings, say: Callable[[str], None] = lambda _: No
         settings = BenchSettings(**{**asdict(settings), "client": client, "sim_image": sim_image})
         say(f"loading {settings.model} in process and in a server (client: {client})")
         inproc = InProcess(settings.model, settings.model_repo, image)
-        server = start_server(["--models", settings.model, "--model-repo", str(settings.model_repo), "--no-events"])
+        server = start_server(["--models", settings.model, "--model-repo", str(settings.model_repo.resolve()),
+                               "--no-events"], log_dir=scratch)
         servers.append(server)
         sim = None
         if cost is not None:
-            sim = start_server(["--simulate-model", settings.simulate_cost or "", "--no-events"])
+            sim = start_server(["--simulate-model", settings.simulate_cost or "", "--no-events"], log_dir=scratch)
             servers.append(sim)
         info: dict[str, Any] = {"machine": machine(), "client": client}
         model = _model_info(server, settings.model)
@@ -217,7 +214,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model-repo", type=Path, default=d.model_repo, help="model repository directory")
     parser.add_argument("--simulate-cost", default=d.simulate_cost,
                         help="cost A+B (ms) of the simulated accelerator; 'off' skips that part")
-    parser.add_argument("--image", type=Path, default=d.image, help="image posted to the server")
+    parser.add_argument("--image", type=Path, default=d.image,
+                        help="image posted to the server (default: a sample photo)")
     parser.add_argument("--sim-image", type=Path, default=None,
                         help="image posted to the simulated server (default: a generated 256x256 JPEG)")
     parser.add_argument("--client", choices=("auto", "wrk", "aiohttp"), default=d.client,

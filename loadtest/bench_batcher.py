@@ -37,13 +37,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-try:
-    from batchserve.batching import Batcher, BatchingConfig
-    from batchserve.batching.cost import CostModel, SerialDevice
-except ModuleNotFoundError:  # run from a checkout that is not installed
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from batchserve.batching import Batcher, BatchingConfig
-    from batchserve.batching.cost import CostModel, SerialDevice
+from batchserve.batching import Batcher, BatchingConfig, nearest_rank
+from batchserve.batching.cost import CostModel, SerialDevice
 
 FORMULA = "k / (a + b*k) items/s, k = min(concurrency * items_per_request, max_batch_size); serial device"
 
@@ -94,14 +89,6 @@ class OverheadResult:
     added_p50_ms: float
 
 
-def percentile(values: list[float], q: float) -> float:
-    """Nearest-rank percentile (the definition the server's stats use)."""
-    if not values:
-        return 0.0
-    ordered = sorted(values)
-    return ordered[max(1, math.ceil(q * len(ordered))) - 1]
-
-
 async def run_level(args: argparse.Namespace, concurrency: int, round_: int) -> LevelResult:
     device = EchoDevice(args.cost)
     config = BatchingConfig(
@@ -138,6 +125,7 @@ async def run_level(args: argparse.Namespace, concurrency: int, round_: int) -> 
     await asyncio.gather(*clients)
     await batcher.close()
 
+    latencies.sort()
     k = min(concurrency * args.items, args.max_batch_size)
     throughput = len(latencies) * args.items / elapsed
     theoretical = args.cost.max_throughput(k)
@@ -149,8 +137,8 @@ async def run_level(args: argparse.Namespace, concurrency: int, round_: int) -> 
         theoretical_items_per_s=theoretical,
         fraction_of_theoretical=throughput / theoretical,
         mean_batch_size=sum(sizes) / len(sizes) if sizes else 0.0,
-        p50_ms=percentile(latencies, 0.50) * 1000,
-        p99_ms=percentile(latencies, 0.99) * 1000,
+        p50_ms=nearest_rank(latencies, 0.50) * 1000,
+        p99_ms=nearest_rank(latencies, 0.99) * 1000,
         device_utilisation=min(busy, elapsed) / elapsed,
     )
 
@@ -184,13 +172,15 @@ async def run_overhead(seconds: float, sync: bool) -> OverheadResult:
         direct.append(time.perf_counter() - started)
     await batcher.close()
     # Sync: the direct path pays the thread hand-off too, so "added" is the batcher's own share.
-    batcher_p50 = percentile(through_batcher, 0.50) * 1000
-    direct_p50 = percentile(direct, 0.50) * 1000
+    through_batcher.sort()
+    direct.sort()
+    batcher_p50 = nearest_rank(through_batcher, 0.50) * 1000
+    direct_p50 = nearest_rank(direct, 0.50) * 1000
     return OverheadResult(
         model="sync null model via executor" if sync else "async null model",
         requests=len(through_batcher),
         batcher_p50_ms=batcher_p50,
-        batcher_p99_ms=percentile(through_batcher, 0.99) * 1000,
+        batcher_p99_ms=nearest_rank(through_batcher, 0.99) * 1000,
         direct_p50_ms=direct_p50,
         added_p50_ms=batcher_p50 - direct_p50,
     )

@@ -11,6 +11,7 @@ Prints one line per case: encoded bytes, then median / p90 / mean / min millisec
 from __future__ import annotations
 
 import argparse
+import functools
 import io
 import statistics
 import sys
@@ -97,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         order = names[round_no % len(names):] + names[: round_no % len(names)]
         for name in order:
             data, config = cases[name]
-            timings[name].append(_time_ms(lambda: prepare_image(data, config)))
+            timings[name].append(_time_ms(functools.partial(prepare_image, data, config)))
         if time.perf_counter() > deadline:
             break
 

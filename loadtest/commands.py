@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from batchserve.loadtest.samples import SAMPLE_IMAGES
 from batchserve.loadtest.targets import DEFAULT_TARGETS, TargetsError, parse_duration
 
 
@@ -42,8 +43,18 @@ def _positive_float(text: str) -> float:
 
 
 def _loadtest(args: argparse.Namespace) -> int:
-    from batchserve.loadtest.locust_run import (EXIT_LOCUST, EXIT_MISSED, EXIT_PASS, EXIT_USAGE, LoadTestError,
-                                     LoadTestOptions, check_url, default_out, run_loadtest, summary)
+    from batchserve.loadtest.locust_run import (
+        EXIT_LOCUST,
+        EXIT_MISSED,
+        EXIT_PASS,
+        EXIT_USAGE,
+        LoadTestError,
+        LoadTestOptions,
+        check_url,
+        default_out,
+        run_loadtest,
+        summary,
+    )
 
     options = LoadTestOptions(
         url=args.url, profile=args.profile, targets=args.targets, out=args.out or default_out(args.profile),
@@ -70,8 +81,6 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: Any) -> None:
-    from batchserve.loadtest.locust_run import DEFAULT_IMAGES
-
     loadtest = subparsers.add_parser(
         "loadtest",
         help="run a Locust load profile against a server and check it against targets",
@@ -87,7 +96,8 @@ def register(subparsers: Any) -> None:
     loadtest.add_argument("--spawn-rate", type=_positive_float, default=None, help="users started per second")
     loadtest.add_argument("--duration", type=_duration, default=None, help="run time, e.g. 30s or 2m")
     loadtest.add_argument("--model", default=None, help="model query parameter (default: the profile's)")
-    loadtest.add_argument("--images", type=Path, default=DEFAULT_IMAGES, help="folder of images to send")
+    loadtest.add_argument("--images", type=Path, default=SAMPLE_IMAGES,
+                          help="folder of images to send (default: the shipped sample photos)")
     loadtest.add_argument("--out", type=Path, default=None, help="output folder (default out/loadtest/PROFILE-TIME)")
     loadtest.set_defaults(func=_loadtest)
 

@@ -20,6 +20,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from batchserve.batching.stats import nearest_rank
+
 WRK_SCRIPT = Path(__file__).resolve().parent / "wrk_post.lua"
 MARKER = "WRK_JSON "
 REQUEST_TIMEOUT_S = 30.0
@@ -119,10 +121,6 @@ def run_load(url: str, body: Path, content_type: str, concurrency: int, duration
 
 # ---- the aiohttp client, run in its own process ----------------------------------------------
 
-def _nearest_rank(sorted_values: list[float], pct: float) -> float:
-    return sorted_values[max(0, math.ceil(pct / 100.0 * len(sorted_values)) - 1)]
-
-
 async def _closed_loop(url: str, body: bytes, content_type: str, concurrency: int, duration: float) -> dict:
     import aiohttp
 
@@ -145,7 +143,7 @@ async def _closed_loop(url: str, body: bytes, content_type: str, concurrency: in
                     if resp.status >= 400:
                         errors["status"] += 1
                 latencies.append((time.perf_counter() - t0) * 1e6)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 errors["timeout"] += 1
             except aiohttp.ClientConnectorError:
                 errors["connect"] += 1
@@ -164,7 +162,7 @@ async def _closed_loop(url: str, body: bytes, content_type: str, concurrency: in
         "errors": errors,
         "latency_us": {
             "min": ordered[0], "mean": sum(ordered) / len(ordered), "max": ordered[-1],
-            **{f"p{p}": _nearest_rank(ordered, p) for p in (50, 90, 95, 99)},
+            **{f"p{p}": nearest_rank(ordered, p / 100) for p in (50, 90, 95, 99)},
         },
     }
 

@@ -14,6 +14,7 @@ import hashlib
 import os
 import statistics
 import time
+from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,7 +55,7 @@ def _prepare(data: bytes, config: PreprocessConfig) -> np.ndarray:
     return tensor
 
 
-def _rank(logits: np.ndarray) -> None:
+def _rank(logits: Iterable[np.ndarray]) -> None:
     for row in logits:
         top_k(softmax(row), TOP_K)
 

@@ -13,14 +13,15 @@ import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from batchserve.loadtest.plot import plot_history
 from batchserve.loadtest.report import Check, Measured, StatsError, evaluate, missed, read_stats, read_summary, table
+from batchserve.loadtest.samples import SAMPLE_IMAGES
 from batchserve.loadtest.targets import Profile, load_profile
 
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
-DEFAULT_IMAGES = Path(__file__).resolve().parent.parent / "tests" / "data" / "images"
 START_GRACE_S = 60.0  # Locust's own start-up and shutdown, on top of the run time
 
 EXIT_PASS, EXIT_MISSED, EXIT_USAGE, EXIT_LOCUST = 0, 1, 2, 3
@@ -40,7 +41,7 @@ class LoadTestOptions:
     spawn_rate: float | None = None
     duration_s: float | None = None
     model: str | None = None
-    images: Path = DEFAULT_IMAGES
+    images: Path = SAMPLE_IMAGES
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,7 @@ def check_url(url: str) -> str:
 
 def resolve_profile(options: LoadTestOptions) -> Profile:
     profile = load_profile(options.targets, options.profile)
-    overrides = {
+    overrides: dict[str, Any] = {
         "users": options.users,
         "spawn_rate": options.spawn_rate,
         "duration_s": options.duration_s,

@@ -9,7 +9,7 @@ imported by a Locust process; it depends on nothing but the standard library and
 talks to the server over HTTP only.
 
 Options (each also read from an environment variable):
-  --images DIR        folder of images to send (BATCHSERVE_LOADTEST_IMAGES; default tests/data/images)
+  --images DIR        folder of images to send (BATCHSERVE_LOADTEST_IMAGES; default: the sample photos)
   --model NAME        `model` query parameter (BATCHSERVE_LOADTEST_MODEL; default: the server's default)
   X-API-Key           sent when BATCHSERVE_LOADTEST_API_KEY is set (the server attributes events to it)
 """
@@ -28,7 +28,9 @@ from typing import Any
 from locust import events, task
 from locust.contrib.fasthttp import FastHttpUser
 
-DEFAULT_IMAGES = Path(__file__).resolve().parent.parent / "tests" / "data" / "images"
+# batchserve.loadtest.samples.SAMPLE_IMAGES, found from this file because it imports nothing of
+# batchserve (see above); `batchserve loadtest` passes --images explicitly.
+DEFAULT_IMAGES = Path(__file__).resolve().parent / "sample_images"
 API_KEY_ENV = "BATCHSERVE_LOADTEST_API_KEY"
 IMAGE_SUFFIXES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".webp": "image/webp",
                   ".gif": "image/gif", ".bmp": "image/bmp", ".tif": "image/tiff", ".tiff": "image/tiff"}
@@ -141,7 +143,9 @@ class ClassifyUser(FastHttpUser):
 
     def _post(self, body: bytes, content_type: str, name: str, expected_results: int | None) -> None:
         headers = {**self.headers, "Content-Type": content_type}
-        with self.client.post(self.path, data=body, headers=headers, name=name, catch_response=True) as resp:
+        # Locust annotates `data` as str or dict, but FastHttpSession sends bytes as they are (an image is bytes).
+        with self.client.post(self.path, data=body, headers=headers, name=name,  # type: ignore[arg-type]
+                              catch_response=True) as resp:
             if resp.status_code == 0:  # FastHttpUser's way of saying there was no response
                 resp.failure(f"no answer: {resp.error!r}")
                 return

@@ -1,4 +1,4 @@
-"""Run `batchserve serve` as a child process on a free local port, for benchmarks and tests."""
+"""Run `batchserve serve` as a child process on a free loopback port, for benchmarks and tests."""
 
 from __future__ import annotations
 
@@ -9,12 +9,10 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+
+from batchserve.client.http import HttpError, request_json
 
 
 class ServerStartError(RuntimeError):
@@ -29,31 +27,55 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-# The server is local: never route these probes through an HTTP proxy from the environment.
-_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+def serve_command(python: str, port: int, args: Sequence[str]) -> list[str]:
+    # No drain delay unless the caller asks for one (a later flag wins): nothing balances load in
+    # front of a child process, so waiting for it to move away only slows every stop down.
+    return [python, "-m", "batchserve", "serve", "--host", "127.0.0.1", "--port", str(port),
+            "--drain-delay", "0", *args]
 
 
-def http_status(url: str, timeout: float = 2.0) -> int | None:
-    try:
-        with _OPENER.open(url, timeout=timeout) as resp:
-            return int(resp.status)
-    except urllib.error.HTTPError as exc:
-        return int(exc.code)
-    except (OSError, ValueError):
-        return None
-
-
-@dataclass
 class ServerProcess:
-    process: subprocess.Popen[bytes]
-    url: str
-    log_path: Path
+    """One `batchserve serve ARGS` child. `start()` (or `with`) returns once /readyz answers 200.
 
-    def log_tail(self, lines: int = 30) -> str:
+    The child runs in `cwd` (a new temporary directory by default), where relative paths in its
+    defaults land (the SQLite events file, the journal) and where its output goes to
+    `server-<port>.log`; never the source checkout, which an installed server does not have.
+    `python` is the interpreter whose batchserve serves (this one unless, say, another environment's).
+    """
+
+    def __init__(self, *args: str, env: Mapping[str, str] | None = None, cwd: Path | None = None,
+                 ready_timeout: float = 90.0, python: str = sys.executable) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.args = list(args)
+        # The child gets --port; a PORT from the environment (Cloud Run's way to say it) is not for it.
+        self.env = {k: v for k, v in os.environ.items() if k != "PORT"} | dict(env or {})
+        self.cwd = Path(cwd) if cwd is not None else Path(tempfile.mkdtemp(prefix="batchserve-server-"))
+        self.log_path = self.cwd / f"server-{self.port}.log"
+        self.ready_timeout = ready_timeout
+        self.python = python
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def process(self) -> subprocess.Popen[bytes]:
+        if self._process is None:
+            raise RuntimeError("the server has not been started")
+        return self._process
+
+    def start(self, timeout: float | None = None) -> ServerProcess:
+        """Start the child and wait until it is ready; on failure it is stopped and ServerStartError raised."""
+        self.cwd.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("wb") as log:
+            self._process = subprocess.Popen(
+                serve_command(self.python, self.port, self.args), stdout=log, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, cwd=self.cwd, env=self.env,
+            )
         try:
-            return "\n".join(self.log_path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
+            self.wait_ready(self.ready_timeout if timeout is None else timeout)
+        except BaseException:
+            self.stop(timeout=5)
+            raise
+        return self
 
     def wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -62,54 +84,50 @@ class ServerProcess:
                 raise ServerStartError(
                     f"the server exited with status {self.process.returncode} before it was ready:\n{self.log_tail()}"
                 )
-            if http_status(self.url + "/readyz", timeout=1.0) == 200:
+            try:
+                request_json(self.url + "/readyz", timeout=1.0)
                 return
-            time.sleep(0.1)
+            except HttpError:  # not listening yet, or 503 while the models warm up
+                time.sleep(0.1)
         raise ServerStartError(f"the server was not ready within {timeout:.0f} s:\n{self.log_tail()}")
 
-    def stop(self, timeout: float = 15.0) -> int:
-        """SIGTERM (the server drains and exits), then SIGKILL if it overstays."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return ""
+
+    def log_tail(self, lines: int = 30) -> str:
+        return "\n".join(self.log().splitlines()[-lines:])
+
+    def signal(self, sig: int = signal.SIGTERM) -> None:
+        self.process.send_signal(sig)
+
+    def wait(self, timeout: float = 30.0) -> int:
+        return self.process.wait(timeout)
+
+    def stop(self, timeout: float = 20.0) -> int | None:
+        """SIGTERM (the server drains and exits), then SIGKILL if it overstays; the exit status, or
+        None when it never started."""
+        if self._process is None:
+            return None
+        if self._process.poll() is None:
+            self._process.send_signal(signal.SIGTERM)
             try:
-                self.process.wait(timeout=timeout)
+                self._process.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=5)
-        return int(self.process.returncode)
+                self._process.kill()
+                self._process.wait(timeout=5)
+        return int(self._process.returncode)
 
+    def __enter__(self) -> ServerProcess:
+        return self.start()
 
-def serve_command(port: int, args: Sequence[str]) -> list[str]:
-    return [sys.executable, "-m", "batchserve", "serve", "--host", "127.0.0.1", "--port", str(port),
-            "--drain-delay", "0", *args]
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
 
 def start_server(args: Sequence[str], *, log_dir: Path | None = None, ready_timeout: float = 90.0,
-                 env: dict[str, str] | None = None) -> ServerProcess:
-    """Start `batchserve serve <args>` on a free port and wait until /readyz answers 200."""
-    port = free_port()
-    log_dir = log_dir or Path(tempfile.mkdtemp(prefix="batchserve-server-"))
-    log_dir.mkdir(parents=True, exist_ok=True)
-    log_path = log_dir / f"server-{port}.log"
-    repo_root = Path(__file__).resolve().parent.parent
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            serve_command(port, args), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            cwd=repo_root, env={**os.environ, **(env or {})},
-        )
-    server = ServerProcess(process, f"http://127.0.0.1:{port}", log_path)
-    try:
-        server.wait_ready(ready_timeout)
-    except BaseException:
-        server.stop(timeout=5)
-        raise
-    return server
-
-
-@contextmanager
-def running_server(args: Sequence[str], **kwargs: object) -> Iterator[ServerProcess]:
-    server = start_server(args, **kwargs)  # type: ignore[arg-type]
-    try:
-        yield server
-    finally:
-        server.stop()
+                 env: Mapping[str, str] | None = None) -> ServerProcess:
+    """Start `batchserve serve <args>` in `log_dir` on a free port and wait until /readyz answers 200."""
+    return ServerProcess(*args, env=env, cwd=log_dir, ready_timeout=ready_timeout).start()

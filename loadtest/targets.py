@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import re
 import tomllib
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated
+
+import msgspec
 
 DEFAULT_TARGETS = Path(__file__).resolve().parent / "targets.toml"
 USER_CLASSES = ("RawImageUser", "MultipartUser", "MixedUser")
@@ -21,15 +23,17 @@ class TargetsError(ValueError):
     """The targets file is missing, malformed, or has no such profile."""
 
 
-@dataclass(frozen=True)
-class Targets:
-    """Limits a run must meet; None = not checked."""
+_Limit = Annotated[float, msgspec.Meta(ge=0)]
 
-    min_rps: float | None = None
-    max_p50_ms: float | None = None
-    max_p95_ms: float | None = None
-    max_p99_ms: float | None = None
-    max_failure_ratio: float | None = None
+
+class Targets(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Limits a run must meet; None = not checked. A misspelt key is refused rather than left unchecked."""
+
+    min_rps: _Limit | None = None
+    max_p50_ms: _Limit | None = None
+    max_p95_ms: _Limit | None = None
+    max_p99_ms: _Limit | None = None
+    max_failure_ratio: _Limit | None = None
 
 
 @dataclass(frozen=True)
@@ -59,57 +63,49 @@ def parse_duration(text: str | int | float) -> float:
     return seconds
 
 
-def _number(table: dict[str, Any], key: str, where: str) -> float | None:
-    value = table.get(key)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-        raise TargetsError(f"{where}.{key} must be a non-negative number, not {value!r}")
-    return float(value)
+class _ProfileTable(msgspec.Struct, frozen=True):
+    """One profile's table in the targets file, typed; keys it does not know are left alone."""
 
+    targets: Targets
+    user_class: str = "RawImageUser"
+    users: Annotated[int, msgspec.Meta(ge=1)] = 8
+    spawn_rate: Annotated[float, msgspec.Meta(gt=0)] | None = None
+    """None: all users start in the first second."""
+    duration: str | float = "30s"
+    model: str | None = None
+    description: str = ""
 
-def _targets(table: Any, where: str) -> Targets:
-    if not isinstance(table, dict):
-        raise TargetsError(f"{where} must be a table")
-    known = {f.name for f in fields(Targets)}
-    unknown = sorted(set(table) - known)
-    if unknown:
-        raise TargetsError(f"{where} has unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-    targets = Targets(**{k: _number(table, k, where) for k in known})
-    if all(getattr(targets, k) is None for k in known):
-        raise TargetsError(f"{where} sets no target")
-    return targets
+    def __post_init__(self) -> None:
+        if self.user_class not in USER_CLASSES:
+            raise ValueError(f"user_class must be one of {', '.join(USER_CLASSES)}, not {self.user_class!r}")
+        parse_duration(self.duration)
+        limits = Targets.__struct_fields__
+        if all(getattr(self.targets, limit) is None for limit in limits):
+            raise ValueError(f"targets sets no target; known: {', '.join(limits)}")
 
 
 def load_profile(path: Path, name: str) -> Profile:
     """The profile `name` of the targets file at `path`."""
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise TargetsError(f"cannot read targets file {path}: {exc.strerror or exc}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TargetsError(f"cannot read targets file {path}: {getattr(exc, 'strerror', None) or exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise TargetsError(f"targets file {path} is not valid TOML: {exc}") from None
     profiles = sorted(k for k, v in raw.items() if isinstance(v, dict))
     if name not in raw or not isinstance(raw[name], dict):
         raise TargetsError(f"no profile {name!r} in {path}; profiles: {', '.join(profiles) or 'none'}")
-    table = raw[name]
-    user_class = table.get("user_class", "RawImageUser")
-    if user_class not in USER_CLASSES:
-        raise TargetsError(f"{name}.user_class must be one of {', '.join(USER_CLASSES)}, not {user_class!r}")
-    users = table.get("users", 8)
-    if isinstance(users, bool) or not isinstance(users, int) or users < 1:
-        raise TargetsError(f"{name}.users must be a positive integer, not {users!r}")
-    spawn_rate = _number(table, "spawn_rate", name) or float(users)
-    model = table.get("model")
-    if model is not None and not isinstance(model, str):
-        raise TargetsError(f"{name}.model must be a string")
+    try:
+        table = msgspec.convert(raw[name], _ProfileTable)
+    except msgspec.ValidationError as exc:  # the message ends with the key, e.g. `$.targets.min_rps`
+        raise TargetsError(f"profile {name!r} in {path}: {exc}") from None
     return Profile(
         name=name,
-        user_class=user_class,
-        users=users,
-        spawn_rate=spawn_rate,
-        duration_s=parse_duration(table.get("duration", "30s")),
-        targets=_targets(table.get("targets"), f"{name}.targets"),
-        model=model or None,
-        description=str(table.get("description", "")),
+        user_class=table.user_class,
+        users=table.users,
+        spawn_rate=float(table.users) if table.spawn_rate is None else table.spawn_rate,
+        duration_s=parse_duration(table.duration),
+        targets=table.targets,
+        model=table.model or None,
+        description=table.description,
     )

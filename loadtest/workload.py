@@ -22,11 +22,14 @@ import time
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 from urllib.parse import urlsplit
 
 import httpx
+import msgspec
 
-DEFAULT_IMAGES = Path(__file__).resolve().parent.parent / "tests" / "data" / "images"
+from batchserve.loadtest.samples import SAMPLE_IMAGES
+
 CONTENT_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".webp": "image/webp",
                  ".gif": "image/gif", ".bmp": "image/bmp", ".tif": "image/tiff", ".tiff": "image/tiff"}
 EXPECTATION_KEYS = ("top1_any_of", "top2_any_of", "top5_any_of")
@@ -63,16 +66,30 @@ class Outcome:
     detail: str = ""
 
 
-def _expectation(name: str, entry: object) -> Expectation:
-    if not isinstance(entry, dict):
-        raise WorkloadError(f"manifest entry {name!r} must be a table such as {{top1_any_of = [281]}}")
-    keys = [k for k in EXPECTATION_KEYS if k in entry]
-    if len(keys) != 1:
-        raise WorkloadError(f"manifest entry {name!r} needs exactly one of {', '.join(EXPECTATION_KEYS)}")
-    classes = entry[keys[0]]
-    if not isinstance(classes, list) or not classes or not all(isinstance(c, int) for c in classes):
-        raise WorkloadError(f"manifest entry {name!r}: {keys[0]} must be a non-empty list of class ids")
-    return Expectation(int(keys[0][3]), frozenset(classes))
+_ClassIds = Annotated[list[int], msgspec.Meta(min_length=1)]
+
+
+class _Entry(msgspec.Struct, frozen=True):
+    """One photo's line in manifest.toml, such as {top1_any_of = [281]}; other keys are notes."""
+
+    top1_any_of: _ClassIds | None = None
+    top2_any_of: _ClassIds | None = None
+    top5_any_of: _ClassIds | None = None
+
+    def __post_init__(self) -> None:
+        if sum(getattr(self, key) is not None for key in EXPECTATION_KEYS) != 1:
+            raise ValueError(f"needs exactly one of {', '.join(EXPECTATION_KEYS)}")
+
+    def expectation(self) -> Expectation:
+        key, classes = next((k, getattr(self, k)) for k in EXPECTATION_KEYS if getattr(self, k) is not None)
+        return Expectation(int(key[3]), frozenset(classes))
+
+
+def _expectation(path: Path, name: str, entry: object) -> Expectation:
+    try:
+        return msgspec.convert(entry, _Entry).expectation()
+    except msgspec.ValidationError as exc:  # the message ends with the key, e.g. `$.top1_any_of`
+        raise WorkloadError(f"{path}: entry {name!r}: {exc}") from None
 
 
 def load_manifest(folder: Path) -> list[LabelledImage]:
@@ -89,7 +106,7 @@ def load_manifest(folder: Path) -> list[LabelledImage]:
         if not file.is_file():
             raise WorkloadError(f"{path} lists {name!r}, which is not a file in {folder}")
         content_type = CONTENT_TYPES.get(file.suffix.lower(), "application/octet-stream")
-        images.append(LabelledImage(name, file.read_bytes(), content_type, _expectation(name, entry)))
+        images.append(LabelledImage(name, file.read_bytes(), content_type, _expectation(path, name, entry)))
     if not images:
         raise WorkloadError(f"{path} lists no images")
     return images
@@ -149,7 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--url", required=True, help="server base URL, e.g. http://127.0.0.1:8000")
     parser.add_argument("-n", type=int, default=50, help="number of requests, all sent at once (default 50)")
-    parser.add_argument("--images", type=Path, default=DEFAULT_IMAGES, help="folder with manifest.toml")
+    parser.add_argument("--images", type=Path, default=SAMPLE_IMAGES,
+                        help="folder with manifest.toml (default: the shipped sample photos)")
     parser.add_argument("--model", default=None, help="model query parameter (default: the server's default)")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds allowed per request (default 60)")
     args = parser.parse_args(argv)

@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import msgspec
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
@@ -101,6 +102,14 @@ def list_builders() -> list[str]:
     return sorted(BUILDERS)
 
 
+class _BuildSettings(msgspec.Struct, frozen=True):
+    """The keys of a model's config.toml that a build reads; the others are the server's business."""
+
+    builder: str | None = None
+    """None: the builder named like the model."""
+    labels: str = "labels.txt"
+
+
 def _model_settings(model_dir: Path, name: str) -> tuple[str, str]:
     """(builder, labels file name) from the model's config.toml when there is one, else (name, labels.txt)."""
     config = model_dir / "config.toml"
@@ -110,12 +119,14 @@ def _model_settings(model_dir: Path, name: str) -> tuple[str, str]:
         raw = tomllib.loads(config.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise BuildError(f"cannot read {config}: {exc}") from exc
-    builder, labels = raw.get("builder", name), raw.get("labels", "labels.txt")
-    if not isinstance(builder, str) or not isinstance(labels, str) or not labels:
-        raise BuildError(f"{config}: 'builder' and 'labels' must be strings")
-    if Path(labels).name != labels:
+    try:
+        settings = msgspec.convert(raw, _BuildSettings)
+    except msgspec.ValidationError as exc:  # the message ends with the key, e.g. `$.labels`
+        raise BuildError(f"{config}: {exc}") from None
+    labels = settings.labels
+    if not labels or Path(labels).name != labels:
         raise BuildError(f"{config}: 'labels' must be a file name inside the model directory, got {labels!r}")
-    return builder, labels
+    return (name if settings.builder is None else settings.builder), labels
 
 
 def convert_to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:

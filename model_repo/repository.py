@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from batchserve.model_repo.errors import ModelLoadError, ModelNotFound
 from batchserve.model_repo.preprocess import PreprocessConfig
 
@@ -89,48 +91,62 @@ class ModelSpec:
         return labels
 
 
-def _section(raw: dict[str, Any], name: str, path: Path) -> dict[str, Any]:
-    value = raw.get(name, {})
-    if not isinstance(value, dict):
-        raise ModelLoadError(f"{path}: [{name}] must be a table")
-    return value
+class _InputTable(msgspec.Struct, frozen=True):
+    name: str = "input"
+    shape: tuple[int, ...] = (3, 224, 224)
+
+
+class _OutputTable(msgspec.Struct, frozen=True):
+    name: str = "logits"
+    classes: int = 1000
+
+
+class _RuntimeTable(msgspec.Struct, frozen=True):
+    execution_providers: tuple[str, ...] = DEFAULT_EXECUTION_PROVIDERS
+    intra_op_threads: int = 0
+
+
+class _ConfigFile(msgspec.Struct, frozen=True):
+    """config.toml as written: its tables, typed. Keys it does not know are left alone, as notes."""
+
+    name: str | None = None
+    """None: the directory's name."""
+    description: str = ""
+    builder: str | None = None
+    labels: str = "labels.txt"
+    input: _InputTable = _InputTable()
+    output: _OutputTable = _OutputTable()
+    preprocessing: PreprocessConfig = PreprocessConfig()
+    batching: dict[str, Any] = {}
+    runtime: _RuntimeTable = _RuntimeTable()
+    versions: VersionPolicy = VersionPolicy()
 
 
 def parse_model_config(path: Path) -> ModelSpec:
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ModelLoadError(f"cannot read {path}: {exc}") from exc
-    inp = _section(raw, "input", path)
-    out = _section(raw, "output", path)
-    pre = _section(raw, "preprocessing", path)
-    runtime = _section(raw, "runtime", path)
-    versions = _section(raw, "versions", path)
     try:
-        return ModelSpec(
-            name=str(raw.get("name", path.parent.name)),
-            directory=path.parent,
-            description=str(raw.get("description", "")),
-            builder=raw.get("builder"),
-            labels_file=str(raw.get("labels", "labels.txt")),
-            input_name=str(inp.get("name", "input")),
-            input_shape=tuple(int(d) for d in inp.get("shape", (3, 224, 224))),
-            output_name=str(out.get("name", "logits")),
-            classes=int(out.get("classes", 1000)),
-            preprocessing=PreprocessConfig(
-                **{k: pre[k] for k in ("resize_short_side", "crop", "mean", "std", "max_pixels") if k in pre}
-            ),
-            batching=dict(_section(raw, "batching", path)),
-            execution_providers=tuple(runtime.get("execution_providers", DEFAULT_EXECUTION_PROVIDERS)),
-            intra_op_threads=int(runtime.get("intra_op_threads", 0)),
-            versions=VersionPolicy(
-                policy=str(versions.get("policy", "latest")),
-                latest=int(versions.get("latest", 1)),
-                specific=tuple(int(v) for v in versions.get("specific", ())),
-            ),
-        )
-    except (TypeError, ValueError) as exc:
-        raise ModelLoadError(f"{path}: {exc}") from exc
+        config = msgspec.convert(raw, _ConfigFile)
+    except msgspec.ValidationError as exc:  # the message ends with the key's path, e.g. `$.output.classes`
+        raise ModelLoadError(f"{path}: {exc}") from None
+    return ModelSpec(
+        name=path.parent.name if config.name is None else config.name,
+        directory=path.parent,
+        description=config.description,
+        builder=config.builder,
+        labels_file=config.labels,
+        input_name=config.input.name,
+        input_shape=config.input.shape,
+        output_name=config.output.name,
+        classes=config.output.classes,
+        preprocessing=config.preprocessing,
+        batching=dict(config.batching),
+        execution_providers=config.runtime.execution_providers,
+        intra_op_threads=config.runtime.intra_op_threads,
+        versions=config.versions,
+    )
 
 
 def scan_repository(root: Path = DEFAULT_REPOSITORY) -> dict[str, ModelSpec]:

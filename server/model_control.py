@@ -1,18 +1,16 @@
 """`batchserve models load|unload NAME --url URL`: model control of a running server.
 
-A thin client of the repository extension's routes (standard library only, so the command works
-wherever the server package is installed).
+A thin client of the repository extension's routes, over HTTP only.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-import urllib.error
 import urllib.parse
-import urllib.request
+
+from batchserve.client.http import HttpError, Unreachable, request_json
 
 ADMIN_KEY_ENV = "BATCHSERVE_ADMIN_KEY"
 # Loading builds an inference session and warms it up: on a GPU with TensorRT that takes minutes.
@@ -25,25 +23,15 @@ def control_url(base: str, name: str, action: str) -> str:
 
 def request_action(base_url: str, name: str, action: str, admin_key: str | None, timeout: float = TIMEOUT_S) -> dict:
     """POST the action; returns the server's JSON answer or raises RuntimeError with its message."""
-    headers = {"Content-Type": "application/json"}
-    if admin_key:
-        headers["X-Admin-Key"] = admin_key
-    req = urllib.request.Request(control_url(base_url, name, action), data=b"{}", headers=headers, method="POST")
+    headers = {"X-Admin-Key": admin_key} if admin_key else {}
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as response:  # noqa: S310 - the URL is the operator's
-            return json.loads(response.read() or b"{}")
-    except urllib.error.HTTPError as exc:
-        raise RuntimeError(f"{action} {name!r} failed: HTTP {exc.code}: {_error_message(exc.read())}") from None
-    except (urllib.error.URLError, OSError) as exc:
-        raise RuntimeError(f"cannot reach {base_url}: {getattr(exc, 'reason', exc)}") from None
-
-
-def _error_message(body: bytes) -> str:
-    try:
-        error = json.loads(body).get("error")
-    except (ValueError, AttributeError):
-        return body.decode("utf-8", "replace")[:500]
-    return error.get("message", str(error)) if isinstance(error, dict) else str(error)
+        answer = request_json(control_url(base_url, name, action), method="POST", body={}, headers=headers,
+                              timeout=timeout)
+    except Unreachable as exc:
+        raise RuntimeError(f"cannot reach {base_url}: {exc.message}") from None
+    except HttpError as exc:
+        raise RuntimeError(f"{action} {name!r} failed: HTTP {exc.status}: {exc.message}") from None
+    return answer if isinstance(answer, dict) else {}
 
 
 def _run(args: argparse.Namespace) -> int:

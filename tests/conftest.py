@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.serverproc import ServerProcess
+from batchserve.loadtest.samples import SAMPLE_IMAGES as IMAGES
+from batchserve.loadtest.server_process import ServerProcess
 
 ROOT = Path(__file__).resolve().parent.parent
-IMAGES = ROOT / "tests" / "data" / "images"
 MODEL_REPO = ROOT / "model_repo" / "models"
 
 

@@ -20,9 +20,9 @@ import httpx
 import pytest
 from PIL import Image
 
+from batchserve.loadtest.server_process import ServerProcess
 from tests.events.conftest import pg_url  # noqa: F401  (fixture)
 from tests.events.tcp_proxy import TcpProxy
-from tests.serverproc import ServerProcess
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 

@@ -7,7 +7,7 @@ import asyncio
 import httpx
 import pytest
 
-from tests.serverproc import ServerProcess
+from batchserve.loadtest.server_process import ServerProcess
 
 pytestmark = pytest.mark.slow
 

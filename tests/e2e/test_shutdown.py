@@ -12,7 +12,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from tests.serverproc import ServerProcess
+from batchserve.loadtest.server_process import ServerProcess
 
 pytestmark = pytest.mark.slow
 

@@ -13,8 +13,8 @@ import pytest
 import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
+from batchserve.loadtest.server_process import ServerProcess
 from batchserve.model_repo.preprocess import PreprocessConfig, prepare_image
-from tests.serverproc import ServerProcess
 
 pytestmark = pytest.mark.slow
 MODEL = "efficientnet_lite0"

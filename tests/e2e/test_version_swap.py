@@ -13,9 +13,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from batchserve.loadtest.server_process import ServerProcess
 from batchserve.model_repo.build import build_model
+from batchserve.model_repo.repository import DEFAULT_REPOSITORY
 from tests.server.conftest import jpeg_bytes
-from tests.serverproc import ROOT, ServerProcess
 
 pytestmark = pytest.mark.slow
 ADMIN_KEY = "swap-key"
@@ -37,7 +38,7 @@ def set_policy(repo: Path, policy: str) -> None:
 
 async def cli(*args: str) -> tuple[int, str]:
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "batchserve", "models", *args, cwd=ROOT,
+        sys.executable, "-m", "batchserve", "models", *args,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )
     out, _ = await asyncio.wait_for(process.communicate(), timeout=120)
@@ -47,7 +48,7 @@ async def cli(*args: str) -> tuple[int, str]:
 async def test_versions_swap_under_load_without_a_failed_request(tmp_path: Path) -> None:
     repo = tmp_path / "repo"
     (repo / "tiny").mkdir(parents=True)
-    shutil.copy(ROOT / "model_repo" / "models" / "tiny" / "config.toml", repo / "tiny" / "config.toml")
+    shutil.copy(DEFAULT_REPOSITORY / "tiny" / "config.toml", repo / "tiny" / "config.toml")
     build_model("tiny", repo, version=1, progress=lambda _msg: None)
     server = ServerProcess("--model-repo", str(repo), "--models", "tiny", "--model-control", "explicit",
                            "--admin-key", ADMIN_KEY, "--no-events", cwd=tmp_path)

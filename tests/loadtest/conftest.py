@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.serverproc import ServerProcess
+from batchserve.loadtest.server_process import ServerProcess
 
 
 @pytest.fixture(scope="session")

@@ -10,9 +10,8 @@ from pathlib import Path
 import pytest
 
 from batchserve.loadtest.http_load import LoadClientError, parse_result, run_aiohttp, run_wrk, wrk_available
-from tests.serverproc import ServerProcess
-
-IMAGES = Path(__file__).resolve().parents[1] / "data" / "images"
+from batchserve.loadtest.samples import SAMPLE_PHOTO
+from batchserve.loadtest.server_process import ServerProcess
 
 
 @pytest.mark.slow
@@ -78,7 +77,7 @@ def test_load_clients_measure_a_server(simulated_server: ServerProcess, client: 
     if client == "wrk" and not wrk_available():
         pytest.skip("wrk is not installed (scripts/ensure-system-packages.sh installs it)")
     run = run_wrk if client == "wrk" else run_aiohttp
-    result = run(simulated_server.url + "/v1/classify", IMAGES / "chelsea.jpg", "image/jpeg", 3, 1.0)
+    result = run(simulated_server.url + "/v1/classify", SAMPLE_PHOTO, "image/jpeg", 3, 1.0)
     assert result.client == client and result.concurrency == 3
     assert result.requests > 0 and result.errors == 0
     assert 0.5 < result.seconds < 10

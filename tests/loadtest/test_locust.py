@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -10,8 +11,8 @@ import pytest
 
 from batchserve.loadtest.locust_run import EXIT_MISSED, EXIT_PASS, EXIT_USAGE, check_url, locust_command
 from batchserve.loadtest.report import Measured, StatsError, evaluate, missed, read_stats, read_summary, table
+from batchserve.loadtest.server_process import ServerProcess, free_port
 from batchserve.loadtest.targets import DEFAULT_TARGETS, Targets, TargetsError, load_profile, parse_duration
-from tests.serverproc import ServerProcess
 
 EASY = """
 [easy]
@@ -81,8 +82,6 @@ def test_missed_target_fails_and_is_named(simulated_server: ServerProcess, tmp_p
 
 @pytest.mark.slow
 def test_unreachable_server_counts_as_failures(tmp_path: Path) -> None:
-    from tests.serverproc import free_port
-
     targets = tmp_path / "targets.toml"
     targets.write_text(EASY.format(user_class="RawImageUser").replace('"4s"', '"2s"'))
     proc = _loadtest(f"http://127.0.0.1:{free_port()}", targets, "easy", tmp_path / "out")
@@ -117,11 +116,14 @@ def test_shipped_profiles_parse() -> None:
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("[p]\n[p.targets]\nmin_rsp = 3\n", "unknown key(s) min_rsp"),
-        ("[p]\n[p.targets]\nmin_rps = -1\n", "non-negative number"),
-        ("[p]\n[p.targets]\n", "sets no target"),
-        ("[p]\nuser_class = 'Nobody'\n[p.targets]\nmin_rps = 1\n", "user_class must be one of"),
-        ("[p]\nusers = 0\n[p.targets]\nmin_rps = 1\n", "users must be a positive integer"),
+        ("[p]\n[p.targets]\nmin_rsp = 3\n", "unknown field `min_rsp` - at `$.targets`"),
+        ("[p]\n[p.targets]\nmin_rps = -1\n", "Expected `float` >= 0.0 - at `$.targets.min_rps`"),
+        ("[p]\n[p.targets]\nmax_p99_ms = true\n", "got `bool` - at `$.targets.max_p99_ms`"),
+        ("[p]\n[p.targets]\n", "targets sets no target"),
+        ("[p]\nusers = 2\n", "missing required field `targets`"),
+        ("[p]\nuser_class = 'Nobody'\n[p.targets]\nmin_rps = 1\n", "user_class must be one of RawImageUser, "),
+        ("[p]\nusers = 0\n[p.targets]\nmin_rps = 1\n", "Expected `int` >= 1 - at `$.users`"),
+        ("[p]\nspawn_rate = 0\n[p.targets]\nmin_rps = 1\n", "Expected `float` > 0.0 - at `$.spawn_rate`"),
         ("[p]\nduration = 'soon'\n[p.targets]\nmin_rps = 1\n", "duration must look like"),
         ("[p\n", "not valid TOML"),
     ],
@@ -129,8 +131,17 @@ def test_shipped_profiles_parse() -> None:
 def test_bad_targets_files_are_explained(tmp_path: Path, text: str, message: str) -> None:
     path = tmp_path / "t.toml"
     path.write_text(text)
-    with pytest.raises(TargetsError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(TargetsError, match=re.escape(message)) as caught:
         load_profile(path, "p")
+    assert str(path) in str(caught.value)
+
+
+def test_profile_defaults_and_notes(tmp_path: Path) -> None:
+    path = tmp_path / "t.toml"
+    path.write_text("[p]\nusers = 3\nduration = 45\nowner = 'ops'\n[p.targets]\nmin_rps = 2\n")
+    profile = load_profile(path, "p")
+    assert (profile.user_class, profile.users, profile.spawn_rate, profile.duration_s) == ("RawImageUser", 3, 3.0, 45.0)
+    assert profile.targets == Targets(min_rps=2.0) and profile.model is None
 
 
 def test_durations() -> None:
@@ -172,6 +183,15 @@ def test_stats_csv_without_aggregated_row(tmp_path: Path) -> None:
     path.write_text("Type,Name,Request Count\nPOST,/v1/classify,3\n")
     with pytest.raises(StatsError, match="no Aggregated row"):
         read_stats(path)
+
+
+def test_the_locustfile_defaults_to_the_sample_photos() -> None:
+    # Imported in a child: Locust patches the standard library with gevent when it is imported.
+    probe = ("from batchserve.loadtest import locustfile as f, samples; "
+             "print(f.DEFAULT_IMAGES == samples.SAMPLE_IMAGES, len(f.load_images(f.DEFAULT_IMAGES)))")
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["True", "3"]
 
 
 def test_locust_command_is_bounded_and_names_the_user_class(tmp_path: Path) -> None:

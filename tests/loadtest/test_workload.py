@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from batchserve.loadtest.server_process import ServerProcess, free_port
 from batchserve.loadtest.workload import Expectation, WorkloadError, load_manifest
-from tests.serverproc import ServerProcess, free_port
 
 WORKLOAD = Path(__file__).resolve().parents[2] / "loadtest" / "workload.py"
 
@@ -78,15 +78,25 @@ def test_expectations() -> None:
 @pytest.mark.parametrize(
     ("manifest", "message"),
     [
-        ('"a.jpg" = { top1_any_of = [1] }\n', "which is not a file"),
-        ('"x.jpg" = { top3_any_of = [1] }\n', "exactly one of"),
-        ('"x.jpg" = { top1_any_of = [] }\n', "non-empty list"),
-        ('"x.jpg" = 5\n', "must be a table"),
+        ('"a.jpg" = { top1_any_of = [1] }\n', "lists 'a.jpg', which is not a file"),
+        ('"x.jpg" = { top3_any_of = [1] }\n', "'x.jpg': needs exactly one of top1_any_of, top2_any_of, top5_any_of"),
+        ('"x.jpg" = { top1_any_of = [1], top2_any_of = [2] }\n', "entry 'x.jpg': needs exactly one of"),
+        ('"x.jpg" = { top1_any_of = [] }\n', "entry 'x.jpg': Expected `array` of length >= 1 - at `$.top1_any_of`"),
+        ('"x.jpg" = { top2_any_of = [1, "cat"] }\n', "'x.jpg': Expected `int`, got `str` - at `$.top2_any_of[1]`"),
+        ('"x.jpg" = 5\n', "entry 'x.jpg': Expected `object`, got `int`"),
         ("", "lists no images"),
     ],
 )
 def test_bad_manifests_are_explained(tmp_path: Path, manifest: str, message: str) -> None:
     (tmp_path / "x.jpg").write_bytes(b"\xff\xd8\xff")
     (tmp_path / "manifest.toml").write_text(manifest)
-    with pytest.raises(WorkloadError, match=message):
+    with pytest.raises(WorkloadError, match=re.escape(message)) as caught:
         load_manifest(tmp_path)
+    assert str(tmp_path / "manifest.toml") in str(caught.value)
+
+
+def test_notes_beside_an_expectation_are_allowed(tmp_path: Path) -> None:
+    (tmp_path / "x.jpg").write_bytes(b"\xff\xd8\xff")
+    (tmp_path / "manifest.toml").write_text('"x.jpg" = { top5_any_of = [7, 8], note = "a dog" }\n')
+    (image,) = load_manifest(tmp_path)
+    assert image.expected == Expectation(5, frozenset({7, 8}))

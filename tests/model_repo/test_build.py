@@ -14,12 +14,12 @@ from onnx import TensorProto
 from PIL import Image
 
 import batchserve.model_repo.build as build_mod
+from batchserve.loadtest.samples import SAMPLE_PHOTO as CHELSEA
 from batchserve.model_repo.build import BUILDERS, BuildError, build_model, list_builders
-from batchserve.model_repo.labels import LabelsError, load_imagenet_labels, read_labels, write_labels
+from batchserve.model_repo.labels import LabelsError, format_labels, load_imagenet_labels, read_labels
 from batchserve.model_repo.synthetic import build_tiny
 
 SHIPPED_MODELS = Path(build_mod.__file__).resolve().parent / "models"
-CHELSEA = Path(__file__).resolve().parents[1] / "data" / "images" / "chelsea.jpg"
 
 
 def quiet(_: str) -> None:
@@ -70,7 +70,7 @@ def test_if_missing_keeps_an_existing_file(tmp_path: Path) -> None:
 def test_version_directories_and_existing_labels(tmp_path: Path) -> None:
     labels = tmp_path / "tiny" / "labels.txt"
     labels.parent.mkdir()
-    write_labels(labels, [f"class {i}" for i in range(1000)])
+    labels.write_text(format_labels([f"class {i}" for i in range(1000)]), encoding="utf-8")
     path = build_model("tiny", tmp_path, version=3, progress=quiet)
     assert path == tmp_path / "tiny" / "3" / "model.onnx"
     assert read_labels(labels)[0] == "class 0"  # an existing label file is not replaced
@@ -168,6 +168,6 @@ def test_committed_model_directories(model: str, max_batch: int) -> None:
 
 def test_label_files_reject_line_breaks(tmp_path: Path) -> None:
     with pytest.raises(LabelsError, match="line break"):
-        write_labels(tmp_path / "l.txt", ["ok", "two\nlines"])
+        format_labels(["ok", "two\nlines"])
     with pytest.raises(LabelsError, match="cannot read"):
         read_labels(tmp_path / "missing.txt")

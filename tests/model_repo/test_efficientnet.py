@@ -14,11 +14,11 @@ import onnxruntime as ort
 import pytest
 from PIL import Image
 
+from batchserve.loadtest.samples import SAMPLE_IMAGES as IMAGES
 from batchserve.model_repo.build import build_model
-from batchserve.model_repo.efficientnet import StateDictError, block_specs, build_efficientnet_lite0, same_padding
+from batchserve.model_repo.efficientnet import StateDictError, block_specs, fold_efficientnet_lite0, same_padding
 from batchserve.model_repo.weights import efficientnet_lite0_weights_path, load_legacy_torch_state_dict
 
-IMAGES = Path(__file__).resolve().parents[1] / "data" / "images"
 MANIFEST = tomllib.loads((IMAGES / "manifest.toml").read_text(encoding="utf-8"))
 
 
@@ -98,10 +98,10 @@ def test_graph_interface_and_no_batchnorm(lite0_model_path: Path) -> None:
 def test_missing_or_misshapen_parameter_is_a_typed_error(lite0_state: dict[str, np.ndarray]) -> None:
     partial = {k: v for k, v in lite0_state.items() if k != "_blocks.7._bn1.running_var"}
     with pytest.raises(StateDictError, match=r"_blocks\.7\._bn1\.running_var"):
-        build_efficientnet_lite0(partial)
+        fold_efficientnet_lite0(partial)
     wrong = dict(lite0_state, **{"_fc.weight": np.zeros((10, 1280), np.float32)})
     with pytest.raises(StateDictError, match=r"_fc\.weight.*\(1000, 1280\)"):
-        build_efficientnet_lite0(wrong)
+        fold_efficientnet_lite0(wrong)
 
 
 # --- it classifies real photos ---

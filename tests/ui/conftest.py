@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 
-from tests.serverproc import ServerProcess
+from batchserve.loadtest.server_process import ServerProcess
 from tests.ui.browser import CHROMIUM_ARGS, LAPTOP, PageWatch, chromium_or_skip
 
 

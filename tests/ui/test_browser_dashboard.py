@@ -9,12 +9,11 @@ import httpx
 import pytest
 from playwright.sync_api import Page
 
-from tests.serverproc import ServerProcess
+from batchserve.loadtest.samples import SAMPLE_IMAGES as IMAGES
+from batchserve.loadtest.server_process import ServerProcess
 from tests.ui.browser import PageWatch, save_docs_screenshot, screenshot
 
 pytestmark = pytest.mark.browser
-
-IMAGES = Path(__file__).resolve().parents[2] / "tests" / "data" / "images"
 
 CHART_STATE = """() => {
     const get = (id) => Chart.getChart(id);
@@ -42,7 +41,9 @@ def classify(server: ServerProcess, *names: str) -> dict[str, Any]:
     return response.json()
 
 
-def test_charts_fill_from_the_event_store(page: Page, watch: PageWatch, ui_server: ServerProcess, tmp_path: Path) -> None:
+def test_charts_fill_from_the_event_store(
+    page: Page, watch: PageWatch, ui_server: ServerProcess, tmp_path: Path
+) -> None:
     answer = classify(ui_server, "chelsea.jpg", "coffee.jpg")
     cat = answer["results"][0]["predictions"][0]["label"]
     bad = httpx.post(f"{ui_server.url}/v1/classify", content=b"not an image", headers={"Content-Type": "image/png"})
@@ -60,7 +61,9 @@ def test_charts_fill_from_the_event_store(page: Page, watch: PageWatch, ui_serve
     state = page.evaluate(CHART_STATE)
     assert state["points"] >= 60  # one point per minute of the last hour, quiet minutes included
     assert state["requests"] >= 3 and state["errors"] >= 1
-    assert state["p50"] and state["p99"] and all(p99 >= p50 for p50, p99 in zip(state["p50"], state["p99"]))
+    assert (
+        state["p50"] and state["p99"] and all(p99 >= p50 for p50, p99 in zip(state["p50"], state["p99"], strict=True))
+    )
     assert state["batchSizes"] > 0 and state["batchedImages"] >= 2
     assert cat in state["classes"]
     assert state["tileRequests"] >= 3  # from a second query (group_by=model) over the same window

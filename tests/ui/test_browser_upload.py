@@ -10,13 +10,13 @@ import httpx
 import pytest
 from playwright.sync_api import Page
 
-from tests.serverproc import ServerProcess
+from batchserve.loadtest.samples import SAMPLE_IMAGES as IMAGES
+from batchserve.loadtest.server_process import ServerProcess
 from tests.ui.browser import PHONE, PageWatch, no_horizontal_overflow, save_docs_screenshot, screenshot, wait_for_models
 
 pytestmark = pytest.mark.browser
 
 ROOT = Path(__file__).resolve().parents[2]
-IMAGES = ROOT / "tests" / "data" / "images"
 LABELS = (ROOT / "model_repo" / "models" / "efficientnet_lite0" / "labels.txt").read_text().splitlines()
 MANIFEST = tomllib.loads((IMAGES / "manifest.toml").read_text())
 
