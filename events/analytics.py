@@ -11,15 +11,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
-from typing import Any
+from typing import Any, Literal, get_args
 
-from .errors import InvalidStatsQuery
-from .store import EventStore
-from .store_sqlite import format_ts, parse_ts
+from batchserve.events.errors import InvalidStatsQuery
+from batchserve.events.store import EventStore
+from batchserve.events.store_sqlite import format_ts, parse_ts
 
-__all__ = ["GROUP_BYS", "PERCENTILES", "StatsQuery", "query_stats"]
+__all__ = ["GROUP_BYS", "PERCENTILES", "GroupBy", "StatsQuery", "query_stats"]
 
-GROUP_BYS = ("minute", "hour", "day", "class", "user", "model")
+GroupBy = Literal["minute", "hour", "day", "class", "user", "model"]
+GROUP_BYS: tuple[str, ...] = get_args(GroupBy)
 TIME_GROUPS = ("minute", "hour", "day")
 PERCENTILES = (("p50", 0.5), ("p95", 0.95), ("p99", 0.99))
 
@@ -32,7 +33,7 @@ class StatsQuery:
     end: datetime | None = None
     model: str | None = None
     user: str | None = None
-    group_by: str = "minute"  # minute|hour|day|class|user|model
+    group_by: GroupBy = "minute"
     top_classes: int = 10
 
     def __post_init__(self) -> None:

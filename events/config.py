@@ -2,48 +2,51 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal, get_args
 
-from .errors import EventsConfigError
+from batchserve.events.errors import EventsConfigError
 
-__all__ = ["PII_MODES", "EventsConfig", "redact_url"]
+__all__ = ["PII_MODES", "EventsConfig", "PiiMode", "redact_url"]
 
-PII_MODES = ("full", "truncated", "off")
+PiiMode = Literal["full", "truncated", "off"]
+PII_MODES: tuple[str, ...] = get_args(PiiMode)
+
+
+def _option(help: str, flag: str) -> dict[str, str]:
+    # `flag` is the name users know from `batchserve serve` (--events-pii, BATCHSERVE_EVENTS_PII).
+    return {"help": help, "flag": flag}
 
 
 @dataclass(frozen=True)
 class EventsConfig:
-    """Where events go and how hard the writer tries to keep them.
+    """Where events go and how hard the writer tries to keep them."""
 
-    database_url: ``postgresql://...``; ``None`` selects the embedded SQLite file
-        ``events_path``.  Extra query parameters are passed to Postgres as session settings,
-        e.g. ``?search_path=analytics`` puts the schema in another namespace.
-    events_path: the SQLite database used when no ``database_url`` is given.
-    journal_dir: append-only spill journal for events the store could not take in time.
-    flush_interval_ms / flush_max_events: the flusher writes whatever is buffered every
-        interval, or as soon as this many events are waiting, whichever comes first.
-    buffer_size: events held in memory before ``put`` starts spilling to the journal.
-    journal_max_bytes: cap of the journal on disk; beyond it events are dropped (and counted).
-    pii: ``full`` keeps client IP and user agent, ``truncated`` keeps the IPv4 /24 or IPv6 /48
-        network address and the user agent, ``off`` drops both.
-    enabled: ``False`` turns the writer into a no-op.
-    store_timeout_s: bound on one store round (connect + write of one batch); past it the batch
-        is spilled to the journal and the store is treated as down.
-    reconnect_max_s: ceiling of the exponential backoff between reconnection attempts.
-    """
-
-    database_url: str | None = None
-    events_path: Path = Path("batchserve-events.sqlite3")
-    journal_dir: Path = Path("batchserve-journal")
-    flush_interval_ms: int = 200
-    flush_max_events: int = 500
-    buffer_size: int = 50_000
-    journal_max_bytes: int = 1 << 30
-    pii: str = "truncated"
-    enabled: bool = True
-    store_timeout_s: float = 5.0
-    reconnect_max_s: float = 10.0
+    database_url: str | None = field(default=None, metadata=_option(
+        "PostgreSQL URL for events (default: the SQLite file); extra query parameters become session "
+        "settings, e.g. ?search_path=analytics", "database_url"))
+    events_path: Path = field(default=Path("batchserve-events.sqlite3"), metadata=_option(
+        "SQLite event store, used when no database URL is given", "events_path"))
+    journal_dir: Path = field(default=Path("batchserve-journal"), metadata=_option(
+        "append-only spill journal for events the store could not take in time", "journal_dir"))
+    flush_interval_ms: int = field(default=200, metadata=_option(
+        "the writer flushes whatever is buffered this often...", "events_flush_interval_ms"))
+    flush_max_events: int = field(default=500, metadata=_option(
+        "...or as soon as this many events wait, whichever comes first", "events_flush_max_events"))
+    buffer_size: int = field(default=50_000, metadata=_option(
+        "events held in memory before new ones spill to the journal", "events_buffer_size"))
+    journal_max_bytes: int = field(default=1 << 30, metadata=_option(
+        "cap of the journal on disk; beyond it events are dropped (and counted)", "events_journal_max_bytes"))
+    pii: PiiMode = field(default="truncated", metadata=_option(
+        "client IP and user agent: full keeps both, truncated keeps the IPv4 /24 or IPv6 /48 network and the "
+        "user agent, off drops both", "events_pii"))
+    enabled: bool = field(default=True, metadata=_option("record an event per classification", "events"))
+    store_timeout_s: float = field(default=5.0, metadata=_option(
+        "bound on one store round (connect + write of one batch); past it the batch is spilled to the journal "
+        "and the store is treated as down", "events_store_timeout_s"))
+    reconnect_max_s: float = field(default=10.0, metadata=_option(
+        "ceiling of the exponential backoff between reconnection attempts", "events_reconnect_max_s"))
 
     def __post_init__(self) -> None:
         # Paths arrive as strings from env vars and CLI flags; normalise once here.
@@ -63,10 +66,6 @@ class EventsConfig:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
                 raise EventsConfigError(f"{name} must be a positive number, got {value!r}")
-
-    @property
-    def store_kind(self) -> str:
-        return "postgres" if self.database_url else "sqlite"
 
 
 def redact_url(url: str) -> str:

@@ -1,52 +1,50 @@
-"""`batchserve serve`: its flags are generated from ServerConfig, one per field."""
+"""`batchserve serve`: one flag per configuration field and per model knob (see server/options.py)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import fields
-from typing import Any, get_args, get_origin
+from typing import Any
 
-from batchserve.server.config import ServerConfig, env_name, field_types, from_sources, parse_value
+from batchserve.server.options import OPTIONS, Option, from_sources
 
 
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
+def _argument(option: Option) -> tuple[str, dict[str, Any]]:
+    """argparse settings for one option; its default is None so `from_sources` can tell 'not given'."""
+    default = "config.toml" if option.is_knob else repr(option.default)
+    kwargs: dict[str, Any] = {"default": None, "dest": option.name,
+                              "help": f"{option.help} [env {option.env}; default {default}]"}
+    if option.is_switch:
+        kwargs["action"] = argparse.BooleanOptionalAction
+    elif option.choices is not None:
+        kwargs["choices"] = option.choices
+    else:
+        def parse(raw: str) -> Any:
+            return option.parse(raw)
+
+        parse.__name__ = option.name  # argparse names it in "invalid <name> value"
+        kwargs["type"] = parse
+        if option.is_list:
+            kwargs["metavar"] = "A,B,..."
+    return option.flag, kwargs
 
 
 def add_server_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per ServerConfig field; default None so `from_sources` can tell 'not given'."""
-    types = field_types()
-    for f in fields(ServerConfig):
-        if f.metadata.get("internal"):
-            continue
-        tp = types[f.name]
-        help_text = f"{f.metadata.get('help', '')} [env {env_name(f.name)}; default {f.default!r}]"
-        base = [a for a in get_args(tp) if a is not type(None)] or [tp]
-        if bool in base:
-            parser.add_argument(_flag(f.name), action=argparse.BooleanOptionalAction, default=None, help=help_text)
-            continue
-        kwargs: dict[str, Any] = {"default": None, "help": help_text, "dest": f.name}
-        if "choices" in f.metadata:
-            kwargs["choices"] = f.metadata["choices"]
-        is_tuple = get_origin(tp) is tuple or any(get_origin(a) is tuple for a in base)
-        kwargs["type"] = (lambda raw, tp=tp: parse_value(tp, raw))
-        if is_tuple:
-            kwargs["metavar"] = "A,B,..."
-        parser.add_argument(_flag(f.name), **kwargs)
+    for option in OPTIONS:
+        flag, kwargs = _argument(option)
+        parser.add_argument(flag, **kwargs)
 
 
 def _serve(args: argparse.Namespace) -> int:
     from batchserve.server.lifecycle import serve
     from batchserve.server.logs import setup_logging
 
-    cli_values = {f.name: getattr(args, f.name, None) for f in fields(ServerConfig)}
     try:
-        config = from_sources(cli_values)
+        config = from_sources({option.name: getattr(args, option.name, None) for option in OPTIONS})
     except ValueError as exc:
         print(f"batchserve serve: {exc}", file=sys.stderr)
         return 2
-    setup_logging(config.log_level, config.log_format)
+    setup_logging(config.logging.log_level, config.logging.log_format)
     return serve(config)
 
 

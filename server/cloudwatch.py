@@ -64,14 +64,16 @@ def _stdout_line(line: str) -> None:
 
 
 class QueueDepthReporter:
-    def __init__(self, state: AppState, emit: Callable[[str], None] = _stdout_line, interval_s: float = INTERVAL_S) -> None:
+    def __init__(
+        self, state: AppState, emit: Callable[[str], None] = _stdout_line, interval_s: float = INTERVAL_S
+    ) -> None:
         self.state = state
         self.emit = emit
         self.interval_s = interval_s
-        self.asg_name = state.config.asg_name or UNSET_GROUP
+        self.asg_name = state.config.cloudwatch.asg_name or UNSET_GROUP
 
     def report_once(self) -> None:
-        depths = [(m.name, m.batcher.stats.queue_depth) for m in self.state.registry.loaded()]
+        depths = [(m.name, m.batcher.stats.queue_depth) for m in self.state.serving.registry.loaded()]
         for document in emf_documents(depths, self.asg_name, int(time.time() * 1000)):
             self.emit(json.dumps(document, separators=(",", ":")))
 
@@ -79,7 +81,7 @@ class QueueDepthReporter:
         while True:
             try:
                 self.report_once()
-            except Exception:  # noqa: BLE001 - a metrics hiccup must not stop the reporter
+            except Exception:
                 log.exception("writing CloudWatch embedded metrics failed")
             await asyncio.sleep(self.interval_s)
 
@@ -89,7 +91,7 @@ def emf_lifespan(state: AppState, emit: Callable[[str], None] = _stdout_line):
 
     @asynccontextmanager
     async def lifespan(_: object) -> AsyncIterator[None]:
-        if state.config.asg_name is None:
+        if state.config.cloudwatch.asg_name is None:
             log.warning("cloudwatch_emf is on but asg_name is not set: reporting under %r", UNSET_GROUP)
         task = asyncio.create_task(QueueDepthReporter(state, emit).run(), name="cloudwatch-emf")
         try:

@@ -1,15 +1,17 @@
-"""Every error a client can see, and the one place that turns exceptions into HTTP answers.
+"""Errors as HTTP answers: each route family renders its own body shape, from one meaning per error.
 
-Handlers raise typed exceptions (ours, the batcher's, the model repository's, Litestar's);
-`describe` maps each to (status, code, message, headers) and `render` shapes the body for the
-route family: `{"error": {"code", "message"}}` on v1 and the UI, `{"error": "message"}` on V2.
+`describe` extends the serving core's mapping with Litestar's own exceptions (404, 405,
+validation, body too large). Each route family registers its handler on its controller
+(Litestar's layered exception handlers): `{"error": {"code", "message"}}` on /v1 and the pages,
+`{"error": "message"}` on /v2 as the Open Inference Protocol says. Errors raised before routing
+(an unmatched path, a method the path does not take, ASGI middleware) reach the app-level fallback,
+which picks the shape by path, since no route claimed the request.
 """
 
 from __future__ import annotations
 
 import logging
-import math
-from dataclasses import dataclass, field
+from collections.abc import Callable
 
 from litestar import Request, Response
 from litestar.exceptions import (
@@ -19,114 +21,20 @@ from litestar.exceptions import (
     ValidationException,
 )
 from litestar.exceptions.http_exceptions import ClientException
+from litestar.types import ExceptionHandlersMap
 
-from batchserve.batching.errors import BatcherClosed, DeadlineExceeded, QueueFull
-from batchserve.events.errors import InvalidStatsQuery, StoreError
-from batchserve.model_repo.errors import (
-    ImageDecodeError,
-    ImageTooLarge,
-    ModelLoadError,
-    ModelNotFound,
-    UnsupportedImageType,
-)
 from batchserve.server.request_context import request_id_of
+from batchserve.serving.errors import ErrorInfo
+from batchserve.serving.errors import describe as describe_serving_error
 
 log = logging.getLogger("batchserve.errors")
 
-
-class ServeError(Exception):
-    """Base for errors the server raises itself; subclasses fix the status and code."""
-
-    status = 400
-    code = "invalid_request"
-
-    def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.headers = headers or {}
-
-
-class InvalidRequest(ServeError):
-    status, code = 400, "invalid_request"
-
-
-class InvalidParameter(ServeError):
-    status, code = 422, "invalid_parameter"
-
-
-class PayloadTooLarge(ServeError):
-    status, code = 413, "payload_too_large"
-
-
-class UnsupportedMediaType(ServeError):
-    status, code = 415, "unsupported_media_type"
-
-
-class Draining(ServeError):
-    status, code = 503, "draining"
-
-
-class Unauthorized(ServeError):
-    status, code = 401, "unauthorized"
-
-
-class Forbidden(ServeError):
-    status, code = 403, "forbidden"
-
-
-class Conflict(ServeError):
-    status, code = 409, "conflict"
-
-
-class ModelNotReady(ServeError):
-    status, code = 503, "model_not_ready"
-
-
-@dataclass(frozen=True)
-class ErrorInfo:
-    status: int
-    code: str
-    message: str
-    headers: dict[str, str] = field(default_factory=dict)
-
-
-class ErrorAnswer(ServeError):
-    """Re-raises an error already described earlier (one image of a request) through the mapper."""
-
-    def __init__(self, info: ErrorInfo) -> None:
-        super().__init__(info.message, headers=info.headers)
-        self.status, self.code = info.status, info.code
-
-
-def _retry_after(seconds: float) -> dict[str, str]:
-    return {"Retry-After": str(max(1, math.ceil(seconds)))}
+V2_PREFIX = "/v2"
 
 
 def describe(exc: BaseException) -> ErrorInfo:
-    """The HTTP meaning of an exception. Unknown exceptions are bugs: 500, logged by the caller."""
+    """The HTTP meaning of an exception: the serving core's errors, then the framework's."""
     match exc:
-        case ServeError():
-            return ErrorInfo(exc.status, exc.code, exc.message, exc.headers)
-        case QueueFull():
-            return ErrorInfo(503, "queue_full", str(exc), _retry_after(exc.retry_after_s))
-        case BatcherClosed():
-            return ErrorInfo(503, "draining", "the server is shutting down; retry on another instance", _retry_after(1))
-        case DeadlineExceeded():
-            return ErrorInfo(504, "deadline_exceeded", str(exc))
-        case ImageTooLarge():
-            return ErrorInfo(413, "payload_too_large", str(exc))
-        case ImageDecodeError():
-            return ErrorInfo(400, "invalid_image", str(exc))
-        case UnsupportedImageType():
-            return ErrorInfo(415, "unsupported_media_type", str(exc))
-        case ModelNotFound():
-            return ErrorInfo(404, "model_not_found", str(exc))
-        case InvalidStatsQuery():
-            return ErrorInfo(422, "invalid_parameter", str(exc))
-        case StoreError():
-            return ErrorInfo(503, "events_unavailable", f"the event store is unavailable: {exc}", _retry_after(5))
-        case ModelLoadError():
-            return ErrorInfo(503, "model_not_ready", str(exc))
         case NotFoundException():
             return ErrorInfo(404, "not_found", exc.detail or "no such route")
         case MethodNotAllowedException():
@@ -138,7 +46,7 @@ def describe(exc: BaseException) -> ErrorInfo:
         case HTTPException() if 400 <= exc.status_code < 500:
             return ErrorInfo(exc.status_code, "invalid_request", exc.detail or "bad request", dict(exc.headers or {}))
         case _:
-            return ErrorInfo(500, "internal", "internal server error")
+            return describe_serving_error(exc)
 
 
 def _validation_message(exc: ValidationException) -> str:
@@ -151,27 +59,40 @@ def _validation_message(exc: ValidationException) -> str:
     return "; ".join(parts) or (exc.detail or "invalid parameter")
 
 
-def is_v2(path: str) -> bool:
-    return path == "/v2" or path.startswith("/v2/")
+def v1_body(info: ErrorInfo) -> dict[str, object]:
+    return {"error": {"code": info.code, "message": info.message}}
 
 
-def render(info: ErrorInfo, path: str, request_id: str | None = None) -> Response:
-    body: dict[str, object]
-    if is_v2(path):
-        body = {"error": info.message}
-    else:
-        body = {"error": {"code": info.code, "message": info.message}}
-    headers = dict(info.headers)
-    if request_id:
-        headers["X-Request-ID"] = request_id
-    return Response(content=body, status_code=info.status, headers=headers, media_type="application/json")
+def v2_body(info: ErrorInfo) -> dict[str, object]:
+    return {"error": info.message}
 
 
-def exception_handler(request: Request, exc: Exception) -> Response:
-    """Registered for Exception: Litestar's own 404/405/validation answers come through here too."""
+def _answer(request: Request, exc: Exception, body: Callable[[ErrorInfo], dict[str, object]]) -> Response:
     info = describe(exc)
-    if info.status >= 500 and info.code == "internal":
+    if info.is_bug:
         log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     elif isinstance(exc, ClientException) and info.code == "invalid_request":
         log.debug("client error on %s: %s", request.url.path, exc)
-    return render(info, request.url.path, request_id_of(request.scope))
+    headers = {**info.headers, "X-Request-ID": request_id_of(request.scope)}
+    return Response(content=body(info), status_code=info.status, headers=headers, media_type="application/json")
+
+
+def v1_exception_handler(request: Request, exc: Exception) -> Response:
+    """The REST API and the pages."""
+    return _answer(request, exc, v1_body)
+
+
+def v2_exception_handler(request: Request, exc: Exception) -> Response:
+    """The Open Inference Protocol routes."""
+    return _answer(request, exc, v2_body)
+
+
+def fallback_exception_handler(request: Request, exc: Exception) -> Response:
+    """Errors no route family claimed: before routing, or in middleware."""
+    path = request.url.path
+    in_v2 = path == V2_PREFIX or path.startswith(V2_PREFIX + "/")
+    return _answer(request, exc, v2_body if in_v2 else v1_body)
+
+
+V1_HANDLERS: ExceptionHandlersMap = {Exception: v1_exception_handler}
+V2_HANDLERS: ExceptionHandlersMap = {Exception: v2_exception_handler}

@@ -16,6 +16,7 @@ import time
 from types import FrameType
 
 import uvicorn
+from litestar.types import ASGIApp
 
 from batchserve.server.app import build_state, create_app
 from batchserve.server.config import ServerConfig
@@ -43,8 +44,8 @@ class GracefulServer(uvicorn.Server):
                 self.force_exit = True
                 self.should_exit = True
             return
-        grace = self.state.config.shutdown_grace
-        drain = 0.0 if sig == signal.SIGINT else self.state.config.drain_delay
+        grace = self.state.config.lifecycle.shutdown_grace
+        drain = 0.0 if sig == signal.SIGINT else self.state.config.lifecycle.drain_delay
         life.draining = True
         life.shutdown_deadline = time.monotonic() + grace
         log.info("%s: draining (readiness 503), stop accepting in %.1f s, exit within %.1f s",
@@ -65,18 +66,20 @@ class GracefulServer(uvicorn.Server):
         os._exit(1)
 
 
-def uvicorn_config(config: ServerConfig, app) -> uvicorn.Config:
-    connections_grace = max(0.5, config.shutdown_grace - config.drain_delay - FLUSH_RESERVE_S)
+def uvicorn_config(config: ServerConfig, app: ASGIApp) -> uvicorn.Config:
+    life = config.lifecycle
+    connections_grace = max(0.5, life.shutdown_grace - life.drain_delay - FLUSH_RESERVE_S)
     return uvicorn.Config(
         app,
-        host=config.host,
-        port=config.port,
+        host=config.listen.host,
+        port=config.listen.port,
         loop="uvloop",
         http="httptools",
         lifespan="on",
-        access_log=config.access_log,
+        access_log=config.logging.access_log,
         log_config=None,  # our own logging set-up stays in charge
-        timeout_graceful_shutdown=connections_grace,
+        # Annotated int, used as an asyncio.wait_for timeout: fractions of a second count.
+        timeout_graceful_shutdown=connections_grace,  # type: ignore[arg-type]
         timeout_keep_alive=30,
         backlog=2048,
         server_header=False,
@@ -88,8 +91,9 @@ def serve(config: ServerConfig) -> int:
     state = build_state(config)
     app = create_app(config, load_in_background=True, state=state)
     server = GracefulServer(uvicorn_config(config, app), state)
-    log.info("batchserve listening on http://%s:%d (models: %s)", config.host, config.port,
-             ", ".join(config.models) or "all built" + (" + simulated" if config.simulate_model else ""))
+    serving = config.serving
+    log.info("batchserve listening on http://%s:%d (models: %s)", config.listen.host, config.listen.port,
+             ", ".join(serving.models) or "all built" + (" + simulated" if serving.simulate_model else ""))
     server.run()
     if not server.started:
         return 1

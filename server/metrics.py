@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
+from litestar.enums import ScopeType
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -28,7 +29,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
 from batchserve.batching import BatchRecord
-from batchserve.server.leases import leased
+from batchserve.serving.leases import leased
 
 if TYPE_CHECKING:
     from litestar.types import ASGIApp, Message, Receive, Scope, Send
@@ -71,7 +72,10 @@ class Metrics:
             "batchserve_batch_size", "Samples per batch.", ["model", "version"], buckets=BATCH_SIZE_BUCKETS, registry=r,
         )
         self.batches = Counter(
-            "batchserve_batches", "Batches run, by outcome (ok or failed).", ["model", "version", "outcome"], registry=r,
+            "batchserve_batches",
+            "Batches run, by outcome (ok or failed).",
+            ["model", "version", "outcome"],
+            registry=r,
         )
         ProcessCollector(registry=r)
         PlatformCollector(registry=r)
@@ -107,7 +111,7 @@ class StateCollector(Collector):
         for part in (self._batchers, self._models, self._events):
             try:
                 yield from part()
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.exception("collecting %s metrics failed", part.__name__.strip("_"))
 
     def _batchers(self) -> Iterator[Metric]:
@@ -122,7 +126,7 @@ class StateCollector(Collector):
                                        labels=labels)
         expired = CounterMetricFamily("batchserve_batcher_expired", "Requests that missed their deadline.",
                                       labels=labels)
-        for model in self.state.registry.loaded():
+        for model in self.state.serving.registry.loaded():
             stats = model.batcher.stats
             values = [model.name, str(model.version)]
             depth.add_metric(values, stats.queue_depth)
@@ -139,10 +143,10 @@ class StateCollector(Collector):
             labels=["model", "version"],
         )
         seen = set()
-        for model in self.state.registry.loaded():
+        for model in self.state.serving.registry.loaded():
             seen.add((model.name, str(model.version)))
             ready.add_metric([model.name, str(model.version)], 0.0 if model.batcher.closing else 1.0)
-        for row in self.state.registry.repository_index():
+        for row in self.state.serving.registry.repository_index():
             key = (row["name"], row["version"])
             if row["version"] and key not in seen:
                 ready.add_metric(list(key), 0.0)
@@ -151,10 +155,10 @@ class StateCollector(Collector):
                                 value=1.0 if self.state.ready else 0.0)
 
     def _events(self) -> Iterator[Metric]:
-        writer = self.state.writer
+        writer = self.state.serving.writer
         if writer is None:
             return
-        stats = writer.stats  # type: ignore[attr-defined]
+        stats = writer.stats
         for name, doc, value in (
             ("written", "Events committed to the store from memory.", stats.written_total),
             ("spilled", "Events written to the spill journal while the store was unreachable.", stats.spilled_total),
@@ -179,7 +183,7 @@ class HttpMetricsMiddleware:
         self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != ScopeType.HTTP:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
@@ -199,6 +203,9 @@ class HttpMetricsMiddleware:
             models = leased()
             method = scope.get("method", "GET")
             self.metrics.observe_http(
-                method if method in METHODS else "OTHER", route or OTHER_ROUTE, models[0].name if models else "", status,
+                method if method in METHODS else "OTHER",
+                route or OTHER_ROUTE,
+                models[0].name if models else "",
+                status,
                 time.perf_counter() - started,
             )

@@ -10,10 +10,12 @@ import contextvars
 import hashlib
 import re
 import uuid
-from dataclasses import dataclass
 from typing import Any
 
+from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
+
+from batchserve.serving.recording import Caller
 
 current_request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
@@ -25,14 +27,6 @@ def user_from_api_key(api_key: str | None) -> str:
     if not api_key:
         return ANONYMOUS
     return "key-" + hashlib.sha256(api_key.encode("utf-8", "surrogateescape")).hexdigest()[:16]
-
-
-@dataclass(frozen=True)
-class Caller:
-    request_id: str
-    user: str
-    client_ip: str | None
-    user_agent: str | None
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
@@ -66,7 +60,7 @@ class RequestIdMiddleware:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != ScopeType.HTTP:
             await self.app(scope, receive, send)
             return
         request_id = request_id_of(scope)

@@ -1,5 +1,5 @@
-"""What the route handlers share: config, loaded models, the classifier, the event recorder,
-and the lifecycle flags the shutdown sequence flips."""
+"""What the route handlers share: the configuration, the serving core, the metrics, and the
+lifecycle flags the shutdown sequence flips."""
 
 from __future__ import annotations
 
@@ -8,10 +8,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from batchserve.server.config import ServerConfig
-from batchserve.server.errors import Draining
-from batchserve.server.inference import Classifier
-from batchserve.server.recording import Recorder
-from batchserve.server.registry import ModelRegistry
+from batchserve.server.metrics import Metrics
+from batchserve.serving.core import Serving
+from batchserve.serving.errors import Draining
 
 
 @dataclass
@@ -22,6 +21,7 @@ class Lifecycle:
     refusing: bool = False      # drain delay over: new requests get 503 draining
     shutdown_deadline: float | None = None   # monotonic time by which the process must have exited
     exit_code: int = 0
+    on_exit_request: Callable[[], None] | None = None
 
     def request_exit(self) -> None:
         """Asks the process to stop (set by the runner; a no-op when embedded, e.g. in tests)."""
@@ -29,22 +29,22 @@ class Lifecycle:
             self.exit_code = 1
             self.on_exit_request()
 
-    on_exit_request: Callable[[], None] | None = None
+    def seconds_left(self, default: float) -> float:
+        """Until the shutdown deadline (`default` when none is set, as when embedded)."""
+        deadline = self.shutdown_deadline
+        return default if deadline is None else max(0.1, deadline - time.monotonic())
 
 
 @dataclass
 class AppState:
     config: ServerConfig
-    registry: ModelRegistry
-    classifier: Classifier
-    recorder: Recorder
+    serving: Serving
+    metrics: Metrics | None = None
     lifecycle: Lifecycle = field(default_factory=Lifecycle)
-    writer: object | None = None       # events.writer.EventWriter when events are on
-    metrics: object | None = None      # server.metrics.Metrics
 
     @property
     def ready(self) -> bool:
-        return self.lifecycle.warm and not self.lifecycle.draining and self.registry.ready
+        return self.lifecycle.warm and not self.lifecycle.draining and self.serving.registry.ready
 
     def refuse_if_draining(self) -> None:
         if self.lifecycle.refusing:

@@ -18,10 +18,13 @@ async def readyz(app_state: NamedDependency[AppState]) -> Response[dict[str, obj
     life = app_state.lifecycle
     if life.draining:
         status = "draining"
-    elif not (life.warm and app_state.registry.ready):
+    elif not (life.warm and app_state.serving.registry.ready):
         status = "loading"
     else:
         status = "ready"
-    body = {"status": status, "models": {m.name: m.version for m in app_state.registry.loaded()}}
+    body: dict[str, object] = {
+        "status": status,
+        "models": {m.name: m.version for m in app_state.serving.registry.loaded()},
+    }
     return Response(body, status_code=200 if status == "ready" else 503,
                     headers={} if status == "ready" else {"Retry-After": "1"})

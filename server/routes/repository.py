@@ -15,18 +15,19 @@ from litestar import Controller, Request, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath
 
-from batchserve.server.errors import Forbidden, InvalidRequest, Unauthorized
-from batchserve.server.registry import LoadedModel
-from batchserve.server.routes.v1 import read_body
+from batchserve.server.errors import V2_HANDLERS
+from batchserve.server.request_input import read_body
 from batchserve.server.state import AppState
 from batchserve.server.v2.wire import RepositoryActionRequest, RepositoryIndexRequest, decode_json
+from batchserve.serving.errors import Forbidden, InvalidRequest, Unauthorized
+from batchserve.serving.registry import LoadedModel
 
 log = logging.getLogger("batchserve.repository")
 ADMIN_HEADER = "x-admin-key"
 
 
 def authorize_model_control(request: Request, app_state: AppState) -> None:
-    config = app_state.config
+    config = app_state.config.control
     if config.model_control != "explicit":
         raise Forbidden("model control is disabled; start with --model-control explicit")
     if config.admin_key is None:
@@ -51,11 +52,12 @@ def _summary(name: str, models: list[LoadedModel]) -> dict[str, Any]:
 class RepositoryController(Controller):
     path = "/v2/repository"
     tags = ["v2", "model control"]
+    exception_handlers = V2_HANDLERS
 
     @post("/index", status_code=200, summary="Every model in the repository, loaded or not")
     async def index(self, request: Request, app_state: NamedDependency[AppState]) -> list[dict[str, Any]]:
         query = await _optional_body(request, RepositoryIndexRequest, "repository index request")
-        rows = app_state.registry.repository_index()
+        rows = app_state.serving.registry.repository_index()
         return [row for row in rows if row["state"] == "READY"] if query.ready else rows
 
     @post("/models/{name:str}/load", status_code=200, summary="Load or reload a model (explicit model control)")
@@ -68,13 +70,15 @@ class RepositoryController(Controller):
             )
         app_state.refuse_if_draining()
         log.info("loading %s (model control)", name)
-        loaded = await app_state.registry.load(name)
+        loaded = await app_state.serving.registry.load(name)
         return _summary(name, loaded)
 
     @post("/models/{name:str}/unload", status_code=200, summary="Unload a model (explicit model control)")
-    async def unload(self, request: Request, app_state: NamedDependency[AppState], name: FromPath[str]) -> dict[str, Any]:
+    async def unload(
+        self, request: Request, app_state: NamedDependency[AppState], name: FromPath[str]
+    ) -> dict[str, Any]:
         authorize_model_control(request, app_state)
         await _optional_body(request, RepositoryActionRequest, "unload request")
         log.info("unloading %s (model control)", name)
-        await app_state.registry.unload(name)
+        await app_state.serving.registry.unload(name)
         return {"name": name, "versions": [], "state": "UNAVAILABLE"}

@@ -1,29 +1,32 @@
 """The Open Inference Protocol (KServe V2, as Triton speaks it) over REST.
 
-Errors raise typed exceptions; the one mapper renders them as `{"error": "<message>"}` on /v2.
+Handlers raise typed exceptions; the controller's exception handler renders them as
+`{"error": "<message>"}`, as the protocol says.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Any
 
+import numpy as np
 from litestar import Controller, Request, Response, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath
 
-from batchserve.server.errors import Draining, InvalidRequest, ModelNotReady, describe
-from batchserve.server.inference import Deadline, header_timeout_ms
-from batchserve.server.registry import LoadedModel
-from batchserve.server.request_context import caller_of
-from batchserve.server.routes.v1 import read_body
+from batchserve.server.errors import V2_HANDLERS
+from batchserve.server.recording import recording
+from batchserve.server.request_input import header_timeout_ms, read_body
 from batchserve.server.state import AppState
 from batchserve.server.v2.codec import HEADER_LENGTH, DecodedRequest, decode_content, decode_request, encode_response
-from batchserve.server.v2.execute import ROUTE, run_plan
 from batchserve.server.v2.metadata import model_config, model_metadata, server_metadata
-from batchserve.server.v2.plan import plan_request
+from batchserve.server.v2.outputs import build_outputs
+from batchserve.server.v2.plan import Plan, plan_request
+from batchserve.serving.classifier import Classification, Classified, Classifier, Deadline, ImageInput
+from batchserve.serving.errors import Draining, ErrorAnswer, ErrorInfo, InvalidRequest, ModelNotReady
+from batchserve.serving.registry import LoadedModel
 
+ROUTE = "v2"
 MAX_VERSION = 2**31 - 1
 # Bodies above this are parsed in a worker thread: a JSON tensor of a few images takes tens of
 # milliseconds to decode, which would stall every other request on the event loop.
@@ -43,14 +46,36 @@ async def _parse(request: Request, app_state: AppState) -> DecodedRequest:
     body = await read_body(request)
     encoding = request.headers.get("content-encoding")
     header_length = request.headers.get(HEADER_LENGTH)
-    limit = app_state.config.max_body_bytes
+    limit = app_state.config.limits.max_body_bytes
 
     def parse() -> DecodedRequest:
         return decode_request(decode_content(body, encoding, limit), header_length)
 
     if len(body) <= INLINE_PARSE_BYTES and encoding is None:
         return parse()
-    return await asyncio.get_running_loop().run_in_executor(app_state.classifier.decode_pool, parse)
+    return await asyncio.get_running_loop().run_in_executor(app_state.serving.classifier.decode_pool, parse)
+
+
+async def _classify(classifier: Classifier, model: LoadedModel, plan: Plan, deadline: Deadline) -> Classification:
+    """V1 and V2 requests ride the same batches through the same classifier. V2 has no
+    per-sample errors, so a request's images reach the model only when all of them decoded."""
+    if plan.images is not None:
+        images = [ImageInput(data) for data in plan.images]
+        return await classifier.classify_images(model, images, 1, deadline, all_or_nothing=True)
+    assert plan.tensor is not None
+    return await classifier.classify_tensors(model, list(plan.tensor), 1, deadline)  # views: no copy per sample
+
+
+def _logits(outcome: Classification) -> np.ndarray:
+    """Every sample's logits [N, C], or the request's first failure raised as its answer."""
+    failures = outcome.failures
+    if failures:
+        first = failures[0]
+        info = first.error
+        if first.stage == "decode":
+            info = ErrorInfo(info.status, info.code, f"image {first.position}: {info.message}", info.headers)
+        raise ErrorAnswer(info)
+    return np.stack([r.logits for r in outcome.results if isinstance(r, Classified)])
 
 
 MODEL_PATHS = ["/models/{name:str}", "/models/{name:str}/versions/{version:str}"]
@@ -63,6 +88,7 @@ def _paths(suffix: str) -> list[str]:
 class V2Controller(Controller):
     path = "/v2"
     tags = ["v2"]
+    exception_handlers = V2_HANDLERS
 
     @get("/", summary="Server metadata: name, version, protocol extensions")
     async def server_metadata(self) -> dict[str, Any]:
@@ -81,40 +107,46 @@ class V2Controller(Controller):
         return {"ready": True}
 
     @get(MODEL_PATHS, summary="Model metadata: versions, platform, inputs and outputs")
-    async def model_metadata(self, app_state: NamedDependency[AppState], name: FromPath[str], version: FromPath[str | None] = None) -> dict[str, Any]:
-        model = app_state.registry.get(name, parse_version(version))
-        return model_metadata(app_state.registry, model)
+    async def model_metadata(
+        self, app_state: NamedDependency[AppState], name: FromPath[str], version: FromPath[str | None] = None
+    ) -> dict[str, Any]:
+        model = app_state.serving.registry.lease(name, parse_version(version))
+        return model_metadata(app_state.serving.registry, model)
 
     @get(_paths("/ready"), summary="200 when this model (version) is loaded and takes requests")
-    async def model_ready(self, app_state: NamedDependency[AppState], name: FromPath[str], version: FromPath[str | None] = None) -> dict[str, Any]:
-        model = app_state.registry.get(name, parse_version(version))
+    async def model_ready(
+        self, app_state: NamedDependency[AppState], name: FromPath[str], version: FromPath[str | None] = None
+    ) -> dict[str, Any]:
+        model = app_state.serving.registry.lease(name, parse_version(version))
         if model.batcher.closing:
             raise ModelNotReady(f"model {name!r} version {model.version} is being unloaded")
         return {"name": model.name, "version": str(model.version), "ready": True}
 
     @get(_paths("/config"), summary="Model configuration, as Triton's ModelConfig JSON")
-    async def model_config(self, app_state: NamedDependency[AppState], name: FromPath[str], version: FromPath[str | None] = None) -> dict[str, Any]:
-        model = app_state.registry.get(name, parse_version(version))
-        return model_config(app_state.registry, model)
+    async def model_config(
+        self, app_state: NamedDependency[AppState], name: FromPath[str], version: FromPath[str | None] = None
+    ) -> dict[str, Any]:
+        model = app_state.serving.registry.lease(name, parse_version(version))
+        return model_config(app_state.serving.registry, model)
 
     @post(_paths("/infer"), status_code=200, summary="Inference: JSON tensors or the binary tensor data extension")
-    async def infer(self, request: Request, app_state: NamedDependency[AppState], name: FromPath[str], version: FromPath[str | None] = None) -> Response[bytes]:
-        started = time.monotonic()
-        caller = caller_of(request.scope)
-        model: LoadedModel | None = None
-        try:
+    async def infer(
+        self,
+        request: Request,
+        app_state: NamedDependency[AppState],
+        name: FromPath[str],
+        version: FromPath[str | None] = None,
+    ) -> Response[bytes]:
+        serving = app_state.serving
+        with recording(serving.recorder, request, ROUTE, name) as record:
             app_state.refuse_if_draining()
-            model = app_state.registry.get(name, parse_version(version))
+            model = record.uses(serving.registry.lease(name, parse_version(version)))
             decoded = await _parse(request, app_state)
-            plan = plan_request(decoded, model, app_state.config.max_images_per_request)
+            plan = plan_request(decoded, model, app_state.config.limits.max_images_per_request)
             timeout_ms = plan.timeout_ms if plan.timeout_ms is not None else header_timeout_ms(request.headers)
-            deadline = Deadline.for_request(model, timeout_ms, started)
-        except Exception as exc:
-            app_state.recorder.failure(
-                caller, ROUTE, describe(exc), (time.monotonic() - started) * 1000.0,
-                model.name if model else name, model.version if model else None,
-            )
-            raise
-        outputs = await run_plan(app_state, model, plan, deadline, caller, started)
+            deadline = Deadline.for_request(model, timeout_ms, record.started)
+            outcome = await _classify(serving.classifier, model, plan, deadline)
+            record.finish(outcome)
+        outputs = build_outputs(model, plan.outputs, _logits(outcome))
         content, headers, media_type = encode_response(model.name, str(model.version), decoded.request.id, outputs)
         return Response(content, media_type=media_type, headers=headers)

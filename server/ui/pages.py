@@ -7,12 +7,14 @@ same public API any client uses (`/v1/classify`, `/v1/models`, `/v1/stats`).
 
 from __future__ import annotations
 
-from litestar import Controller, MediaType, Request, Router, get
+from litestar import Controller, MediaType, Request, get
 from litestar.datastructures import ResponseHeader
 from litestar.di import NamedDependency
 from litestar.response import Template
+from litestar.types import ControllerRouterHandler
 
 from batchserve import __version__
+from batchserve.server.errors import V1_HANDLERS
 from batchserve.server.state import AppState
 from batchserve.server.ui.templating import static_files_router
 from batchserve.server.ui.views import model_cards, service_status
@@ -53,6 +55,7 @@ class UIController(Controller):
     path = "/"
     include_in_schema = False
     response_headers = PAGE_HEADERS
+    exception_handlers = V1_HANDLERS
 
     @get("/", media_type=MediaType.HTML, name="ui:home")
     async def home(self, request: Request, app_state: NamedDependency[AppState]) -> Template:
@@ -61,7 +64,7 @@ class UIController(Controller):
             origin=str(request.base_url).rstrip("/"),
             status=service_status(app_state, __version__),
             models=model_cards(app_state),
-            expected=list(app_state.registry.expected),
+            expected=list(app_state.serving.registry.expected),
         )
 
     @get("/about", media_type=MediaType.HTML, name="ui:about")
@@ -72,16 +75,16 @@ class UIController(Controller):
     async def upload(self, app_state: NamedDependency[AppState]) -> Template:
         return _page(
             "upload.html", "/upload", "Classify images",
-            max_files=app_state.config.max_images_per_request,
-            max_bytes=app_state.config.max_body_bytes,
-            default_model=app_state.registry.default_name() or "",
+            max_files=app_state.config.limits.max_images_per_request,
+            max_bytes=app_state.config.limits.max_body_bytes,
+            default_model=app_state.serving.registry.default_name() or "",
         )
 
     @get("/dashboard", media_type=MediaType.HTML, name="ui:dashboard")
     async def dashboard(self, app_state: NamedDependency[AppState]) -> Template:
-        return _page("dashboard.html", "/dashboard", "Dashboard", events_on=app_state.writer is not None)
+        return _page("dashboard.html", "/dashboard", "Dashboard", events_on=app_state.serving.writer is not None)
 
 
-def ui_route_handlers() -> list[Controller | Router | type[Controller]]:
+def ui_route_handlers() -> list[ControllerRouterHandler]:
     """Everything the UI adds to the app: its pages and the static files router."""
     return [UIController, static_files_router()]

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from batchserve.server.registry import model_summary
+from batchserve.server.model_summary import model_summary
 from batchserve.server.state import AppState
 
 
@@ -90,8 +90,8 @@ def model_card(summary: dict[str, Any], default_name: str | None) -> ModelCard:
 
 
 def model_cards(state: AppState) -> list[ModelCard]:
-    default_name = state.registry.default_name()
-    return [model_card(model_summary(m), default_name) for m in state.registry.loaded()]
+    default_name = state.serving.registry.default_name()
+    return [model_card(model_summary(m), default_name) for m in state.serving.registry.loaded()]
 
 
 def service_status(state: AppState, version: str, now: float | None = None) -> ServiceStatus:

@@ -18,13 +18,22 @@ from typing import Any
 import msgspec
 import numpy as np
 
-from batchserve.server.errors import InvalidRequest, PayloadTooLarge, UnsupportedMediaType
 from batchserve.server.v2.datatypes import BYTES, KNOWN, NUMPY_DTYPES
-from batchserve.server.v2.wire import InferenceRequest, InferenceResponse, RequestInput, ResponseOutput, decode_json, int_parameter
+from batchserve.server.v2.wire import (
+    InferenceRequest,
+    InferenceResponse,
+    RequestInput,
+    ResponseOutput,
+    decode_json,
+    int_parameter,
+)
+from batchserve.serving.errors import InvalidRequest, PayloadTooLarge, UnsupportedMediaType
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 MAX_DIM = 2**31 - 1
 _LENGTH = struct.Struct("<I")
+# JSON data of a numeric tensor, by numpy kind: decoded straight into typed elements.
+_FLAT_LISTS: dict[str, Any] = {"b": list[bool], "f": list[float]}
 _encoder = msgspec.json.Encoder()
 
 
@@ -157,7 +166,8 @@ def _from_binary(item: RequestInput, shape: tuple[int, ...], data: memoryview) -
     dtype = NUMPY_DTYPES[item.datatype]
     if len(data) != count * dtype.itemsize:
         raise InvalidRequest(
-            f"{_describe(item)} needs {count * dtype.itemsize} bytes of binary data, but binary_data_size is {len(data)}"
+            f"{_describe(item)} needs {count * dtype.itemsize} bytes of binary data, "
+            f"but binary_data_size is {len(data)}"
         )
     # A copy: the array outlives the request body, and an aligned buffer is faster to batch.
     array = np.frombuffer(data, dtype=dtype).reshape(shape).copy()
@@ -208,10 +218,9 @@ def _from_json(item: RequestInput, shape: tuple[int, ...]) -> Tensor:
             raise InvalidRequest(f"{what}: data holds {len(flat)} elements but the shape says {count}")
         return Tensor(item.name, BYTES, shape, [v.encode("utf-8") for v in flat], from_json=True)
     dtype = NUMPY_DTYPES[item.datatype]
-    element = bool if dtype.kind == "b" else float if dtype.kind == "f" else int
     try:
         # Flat data (what clients send) decodes straight into a typed list; nested data is allowed too.
-        values: Any = msgspec.json.decode(raw, type=list[element])
+        values: Any = msgspec.json.decode(raw, type=_FLAT_LISTS.get(dtype.kind, list[int]))
     except msgspec.ValidationError:
         values = decode_json(raw, Any, f"data of {what}")
     try:
@@ -234,16 +243,21 @@ def encode_response(
     described = []
     blobs: list[bytes] = []
     for out in outputs:
+        values = out.values
         if out.binary:
-            blob = (join_bytes_elements(out.values) if out.datatype == BYTES  # type: ignore[arg-type]
-                    else np.ascontiguousarray(out.values, dtype=NUMPY_DTYPES[out.datatype]).tobytes())
+            blob = (join_bytes_elements(values) if isinstance(values, list)
+                    else np.ascontiguousarray(values, dtype=NUMPY_DTYPES[out.datatype]).tobytes())
             blobs.append(blob)
-            described.append(ResponseOutput(out.name, out.datatype, out.shape, parameters={"binary_data_size": len(blob)}))
-        elif out.datatype == BYTES:
-            data = [v.decode("utf-8", "replace") for v in out.values]  # type: ignore[union-attr]
+            described.append(
+                ResponseOutput(out.name, out.datatype, out.shape, parameters={"binary_data_size": len(blob)})
+            )
+        elif isinstance(values, list):  # BYTES
+            data = [v.decode("utf-8", "replace") for v in values]
             described.append(ResponseOutput(out.name, out.datatype, out.shape, data=data))
         else:
-            described.append(ResponseOutput(out.name, out.datatype, out.shape, data=np.asarray(out.values).ravel().tolist()))
+            described.append(
+                ResponseOutput(out.name, out.datatype, out.shape, data=np.asarray(out.values).ravel().tolist())
+            )
     header = _encoder.encode(InferenceResponse(model_name, model_version, described, id=request_id))
     if not blobs:
         return header, {}, "application/json"

@@ -25,6 +25,3 @@ KNOWN = frozenset(NUMPY_DTYPES) | {BYTES}
 # The names Triton's model configuration uses for the same types.
 CONFIG_NAMES = {"FP32": "TYPE_FP32", BYTES: "TYPE_STRING"}
 
-
-def numpy_dtype(datatype: str) -> np.dtype:
-    return NUMPY_DTYPES[datatype]

@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from batchserve import __version__
-from batchserve.server.registry import LoadedModel, ModelRegistry
 from batchserve.server.v2.datatypes import BYTES, CONFIG_NAMES
 from batchserve.server.v2.plan import IMAGE_INPUT, output_names
+from batchserve.serving.registry import LoadedModel, ModelRegistry
 
 SERVER_NAME = "batchserve"
 EXTENSIONS = ("binary_tensor_data", "classification", "model_repository", "model_configuration")

@@ -14,11 +14,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from batchserve.server.errors import InvalidRequest
-from batchserve.server.registry import LoadedModel
 from batchserve.server.v2.codec import DecodedRequest, Tensor
 from batchserve.server.v2.datatypes import BYTES
 from batchserve.server.v2.wire import bool_parameter, int_parameter
+from batchserve.serving.errors import InvalidRequest
+from batchserve.serving.registry import LoadedModel
 
 IMAGE_INPUT = "image"
 PROBABILITIES_OUTPUT = "probabilities"
@@ -50,7 +50,9 @@ def plan_request(decoded: DecodedRequest, model: LoadedModel, max_samples: int) 
     binary_default = bool_parameter(request.parameters, "binary_data_output", "request") or False
     timeout_us = int_parameter(request.parameters, "timeout", "request")
     if timeout_us is not None and timeout_us <= 0:
-        raise InvalidRequest(f"request: parameter 'timeout' must be a positive number of microseconds, not {timeout_us}")
+        raise InvalidRequest(
+            f"request: parameter 'timeout' must be a positive number of microseconds, not {timeout_us}"
+        )
     return Plan(
         count=count, tensor=tensor, images=images,
         outputs=_outputs(decoded, model, binary_default),
@@ -58,7 +60,9 @@ def plan_request(decoded: DecodedRequest, model: LoadedModel, max_samples: int) 
     )
 
 
-def _the_input(inputs: list[Tensor], model: LoadedModel, max_samples: int) -> tuple[np.ndarray | None, list[bytes] | None, int]:
+def _the_input(
+    inputs: list[Tensor], model: LoadedModel, max_samples: int
+) -> tuple[np.ndarray | None, list[bytes] | None, int]:
     accepted = f"{model.input_name!r} (FP32 [N,{','.join(map(str, model.input_shape))}]) or {IMAGE_INPUT!r} (BYTES [N])"
     if len(inputs) != 1:
         names = ", ".join(repr(t.name) for t in inputs)
@@ -69,7 +73,8 @@ def _the_input(inputs: list[Tensor], model: LoadedModel, max_samples: int) -> tu
             raise InvalidRequest(f"input {given.name!r} must be FP32, not {given.datatype}")
         if len(given.shape) != 1 + len(model.input_shape) or given.shape[1:] != tuple(model.input_shape):
             raise InvalidRequest(
-                f"input {given.name!r} must have shape [N,{','.join(map(str, model.input_shape))}], not {list(given.shape)}"
+                f"input {given.name!r} must have shape [N,{','.join(map(str, model.input_shape))}], "
+                f"not {list(given.shape)}"
             )
         count = _check_count(given.shape[0], max_samples)
         assert isinstance(given.values, np.ndarray)
@@ -121,7 +126,9 @@ def _outputs(decoded: DecodedRequest, model: LoadedModel, binary_default: bool) 
     for out in requested:
         where = f"output {out.name!r}"
         if out.name not in known:
-            raise InvalidRequest(f"model {model.name!r} has no output {out.name!r}; outputs: {', '.join(map(repr, known))}")
+            raise InvalidRequest(
+                f"model {model.name!r} has no output {out.name!r}; outputs: {', '.join(map(repr, known))}"
+            )
         if out.name in seen:
             raise InvalidRequest(f"{where} is requested twice")
         seen.add(out.name)

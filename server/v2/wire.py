@@ -10,7 +10,7 @@ from typing import Any
 
 import msgspec
 
-from batchserve.server.errors import InvalidRequest
+from batchserve.serving.errors import InvalidRequest
 
 
 class RequestInput(msgspec.Struct):
@@ -63,7 +63,7 @@ class RepositoryActionRequest(msgspec.Struct):
 _decoders: dict[type, msgspec.json.Decoder] = {}
 
 
-def decode_json(raw: bytes, into: type, what: str) -> Any:
+def decode_json(raw: bytes | memoryview, into: Any, what: str) -> Any:
     """Decode `raw` as `into`, turning every malformed or mistyped body into a 400 that says where."""
     decoder = _decoders.get(into)
     if decoder is None:

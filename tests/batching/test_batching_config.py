@@ -51,36 +51,8 @@ def test_replace_revalidates() -> None:
         dataclasses.replace(BatchingConfig(), max_batch_size=-3)
 
 
-def test_from_mapping_parses_environment_strings_over_a_base() -> None:
-    base = BatchingConfig(max_batch_size=8, max_inflight_batches=1)
-    config = BatchingConfig.from_mapping(
-        {"max_queue_delay_ms": "2.5", "preferred_batch_sizes": "8, 4", "max_queue_size": "64"}, base=base
-    )
-    assert config == BatchingConfig(
-        max_batch_size=8,
-        max_queue_delay_ms=2.5,
-        preferred_batch_sizes=(4, 8),
-        max_queue_size=64,
-        max_inflight_batches=1,
-    )
-
-
-def test_from_mapping_takes_typed_values_as_they_are() -> None:
-    config = BatchingConfig.from_mapping({"max_batch_size": 4, "preferred_batch_sizes": [2, 4]})
-    assert config.max_batch_size == 4 and config.preferred_batch_sizes == (2, 4)
-
-
-def test_from_mapping_rejects_unknown_and_unparsable_knobs() -> None:
-    with pytest.raises(ValueError, match="unknown batching setting.*max_batch"):
-        BatchingConfig.from_mapping({"max_batch": 4})
-    with pytest.raises(ValueError, match="max_batch_size: cannot parse 'lots'"):
-        BatchingConfig.from_mapping({"max_batch_size": "lots"})
-    with pytest.raises(ValueError, match="larger than max_batch_size"):
-        BatchingConfig.from_mapping({"max_batch_size": "4", "preferred_batch_sizes": "8"})
-
-
 def test_knob_names_match_the_contract() -> None:
-    assert BatchingConfig.knobs() == (
+    assert tuple(f.name for f in dataclasses.fields(BatchingConfig)) == (
         "max_batch_size",
         "max_queue_delay_ms",
         "preferred_batch_sizes",

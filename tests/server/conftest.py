@@ -8,12 +8,12 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import pytest
 import httpx
+import pytest
 from PIL import Image
 
 from batchserve.server.app import create_app
-from batchserve.server.config import ServerConfig
+from batchserve.server.options import build_config
 
 AppFactory = Callable[..., Any]
 
@@ -32,7 +32,7 @@ def make_client(built_models: Path, tmp_path: Path) -> AppFactory:
             "events": False,
         }
         settings.update(overrides)
-        app = create_app(ServerConfig(**settings))
+        app = create_app(build_config(settings))
         # The app's lifespan and the client share this test's event loop, so concurrent requests
         # really overlap (Litestar's AsyncTestClient runs the app in a thread, one call at a time).
         async with app.lifespan():

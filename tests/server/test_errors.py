@@ -1,4 +1,4 @@
-"""The one exception mapper: every typed error has one status and code, rendered per route family."""
+"""One meaning per error: every typed error has one status and code, rendered per route family."""
 
 import pytest
 from litestar.exceptions import MethodNotAllowedException, NotFoundException, ValidationException
@@ -6,14 +6,13 @@ from litestar.exceptions import MethodNotAllowedException, NotFoundException, Va
 from batchserve.batching.errors import BatcherClosed, DeadlineExceeded, QueueFull
 from batchserve.events.errors import InvalidStatsQuery, StoreUnavailable
 from batchserve.model_repo.errors import ImageDecodeError, ImageTooLarge, ModelNotFound, UnsupportedImageType
-from batchserve.server.errors import (
+from batchserve.server.errors import describe, v1_body, v2_body
+from batchserve.serving.errors import (
     Draining,
     InvalidParameter,
     InvalidRequest,
     PayloadTooLarge,
     UnsupportedMediaType,
-    describe,
-    render,
 )
 
 
@@ -57,6 +56,5 @@ def test_internal_errors_do_not_leak_details() -> None:
 
 def test_v1_and_v2_bodies_differ_only_in_shape() -> None:
     info = describe(ImageDecodeError("cannot identify image"))
-    assert render(info, "/v1/classify").content == {"error": {"code": "invalid_image", "message": "cannot identify image"}}
-    v2 = render(info, "/v2/models/x/infer").content
-    assert v2 == {"error": "cannot identify image"}
+    assert v1_body(info) == {"error": {"code": "invalid_image", "message": "cannot identify image"}}
+    assert v2_body(info) == {"error": "cannot identify image"}

@@ -39,7 +39,7 @@ async def test_counters_histograms_and_gauges_follow_the_traffic(make_client, ch
         await client.get("/v2/models/tiny")
         await client.get("/v2/models/unknown")
         after = await scrape(client)
-        stats = client.app_state.registry.get("tiny").batcher.stats
+        stats = client.app_state.serving.registry.find("tiny").batcher.stats
 
         requests = "batchserve_http_requests_total"
         classify = {"method": "POST", "route": "/v1/classify", "model": "tiny"}

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from batchserve.model_repo.build import build_model
-from batchserve.server.config import ServerConfig
-from batchserve.server.leases import LeaseScope
-from batchserve.server.registry import ModelRegistry
+from batchserve.serving.config import ServingConfig
+from batchserve.serving.leases import lease_scope
+from batchserve.serving.registry import ModelRegistry
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY_CONFIG = ROOT / "model_repo" / "models" / "tiny" / "config.toml"
@@ -71,10 +71,10 @@ async def test_admin_key_is_required_when_set(make_client) -> None:
 
 async def test_unload_then_load_again(make_client, chelsea: bytes) -> None:
     async with make_client(model_control="explicit") as client:
-        before = client.app_state.registry.get("tiny")
+        before = client.app_state.serving.registry.find("tiny")
         reload = await client.post("/v2/repository/models/tiny/load")
         assert reload.status_code == 200
-        assert client.app_state.registry.get("tiny") is before  # unchanged files: the warm version stays
+        assert client.app_state.serving.registry.find("tiny") is before  # unchanged files: the warm version stays
         assert (await client.post("/v2/repository/models/tiny/unload")).status_code == 200
         assert (await client.get("/v2/models/tiny")).status_code == 404
         assert (await client.post("/v1/classify?model=tiny", content=chelsea)).status_code == 404
@@ -88,13 +88,13 @@ async def test_unload_then_load_again(make_client, chelsea: bytes) -> None:
         assert (await client.post("/v2/repository/models/tiny/load")).status_code == 200
         assert (await client.get("/v2/health/ready")).status_code == 200
         assert (await client.post("/v1/classify?model=tiny", content=chelsea)).status_code == 200
-        await client.app_state.registry.wait_retired(timeout=30)
+        await client.app_state.serving.registry.wait_retired(timeout=30)
         assert before.batcher.closing
 
 
 async def test_version_policy_decides_what_a_load_serves(make_client, two_versions: Path) -> None:
     async with make_client(model_repo=two_versions, model_control="explicit") as client:
-        registry = client.app_state.registry
+        registry = client.app_state.serving.registry
         assert registry.versions("tiny") == [2]  # policy "latest 1"
         set_policy(two_versions, 'policy = "specific"\nspecific = [1]')
         assert (await client.post("/v2/repository/models/tiny/load")).json()["versions"] == ["1"]
@@ -109,27 +109,28 @@ async def test_version_policy_decides_what_a_load_serves(make_client, two_versio
 
 
 async def test_a_retired_version_finishes_the_requests_that_hold_it(two_versions: Path) -> None:
-    registry = ModelRegistry(ServerConfig(model_repo=two_versions, events=False))
+    registry = ModelRegistry(ServingConfig(model_repo=two_versions))
     await registry.load("tiny")
     looked_up = asyncio.Event()
     resume = asyncio.Event()
     answers: list[int] = []
 
-    async def request(scope, receive, send) -> None:
+    async def request() -> None:
         # As a route does: resolve the model first, read/decode for a while, then submit.
-        model = registry.get("tiny")
-        looked_up.set()
-        await resume.wait()
-        outcome = await model.batcher.submit([np.zeros((3, 224, 224), np.float32)])
-        answers.append(model.version)
-        assert len(outcome.results) == 1
+        with lease_scope():
+            model = registry.lease("tiny")
+            looked_up.set()
+            await resume.wait()
+            outcome = await model.batcher.submit([np.zeros((3, 224, 224), np.float32)])
+            answers.append(model.version)
+            assert len(outcome.results) == 1
 
-    in_flight = asyncio.create_task(LeaseScope(request)({"type": "http"}, None, None))
+    in_flight = asyncio.create_task(request())
     await looked_up.wait()
-    old = registry.get("tiny")
+    old = registry.find("tiny")
     set_policy(two_versions, 'policy = "specific"\nspecific = [1]')
     await registry.load("tiny")
-    assert registry.get("tiny").version == 1
+    assert registry.find("tiny").version == 1
     assert old.version == 2 and old.leases.count == 1
     assert not await registry.wait_retired(timeout=0.2)  # still held: version 2 stays open
     assert not old.batcher.closing

@@ -18,7 +18,12 @@ def png_header_claiming(width: int, height: int) -> bytes:
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 4096)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\x00" * 4096))
+        + chunk(b"IEND", b"")
+    )
 
 
 def assert_error(response, status: int, code: str) -> dict:
@@ -91,7 +96,9 @@ async def test_multipart_with_only_bad_files_takes_the_first_errors_status(make_
         (png_header_claiming(100_000, 100_000), "image/png", 413, "payload_too_large"),
     ],
 )
-async def test_bad_bodies_get_a_named_4xx(make_client, body: bytes, content_type: str | None, status: int, code: str) -> None:
+async def test_bad_bodies_get_a_named_4xx(
+    make_client, body: bytes, content_type: str | None, status: int, code: str
+) -> None:
     headers = {"Content-Type": content_type} if content_type else {}
     async with make_client() as client:
         response = await client.post("/v1/classify", content=body, headers=headers)
@@ -100,9 +107,12 @@ async def test_bad_bodies_get_a_named_4xx(make_client, body: bytes, content_type
 
 async def test_malformed_multipart_is_invalid_request(make_client) -> None:
     async with make_client() as client:
-        no_boundary = await client.post("/v1/classify", content=b"--x\r\n", headers={"Content-Type": "multipart/form-data"})
+        no_boundary = await client.post(
+            "/v1/classify", content=b"--x\r\n", headers={"Content-Type": "multipart/form-data"}
+        )
         torn = await client.post(
-            "/v1/classify", content=b"--XYZ\r\nContent-Disposition: form-data; name=\"image\"; filename=\"a\"\r\n\r\nabc",
+            "/v1/classify",
+            content=b'--XYZ\r\nContent-Disposition: form-data; name="image"; filename="a"\r\n\r\nabc',
             headers={"Content-Type": "multipart/form-data; boundary=XYZ"},
         )
         no_image_field = await client.post("/v1/classify", files=[("photo", ("a.jpg", jpeg_bytes(), "image/jpeg"))])
@@ -135,7 +145,9 @@ async def test_too_many_files_is_rejected(make_client) -> None:
 )
 async def test_bad_parameters_are_422(make_client, query: str) -> None:
     async with make_client() as client:
-        response = await client.post(f"/v1/classify?{query}", content=png_bytes(), headers={"Content-Type": "image/png"})
+        response = await client.post(
+            f"/v1/classify?{query}", content=png_bytes(), headers={"Content-Type": "image/png"}
+        )
     assert_error(response, 422, "invalid_parameter")
 
 
@@ -186,7 +198,7 @@ async def test_concurrent_requests_form_batches_and_each_gets_its_own_answer(mak
     async with make_client(models=(), simulate_model="30+1", max_queue_size=256) as client:
         alone = [(await client.post("/v1/classify?top_k=1", content=img)).json() for img in images[:8]]
         responses = await asyncio.gather(*(client.post("/v1/classify?top_k=1", content=img) for img in images))
-        histogram = client.app_state.registry.get("simulated").batcher.stats.batch_size_histogram
+        histogram = client.app_state.serving.registry.find("simulated").batcher.stats.batch_size_histogram
     assert all(r.status_code == 200 for r in responses)
     bodies = [r.json() for r in responses]
     assert max(b["batch_size"] for b in bodies) > 1
@@ -211,7 +223,7 @@ async def test_queue_overflow_gives_503_with_retry_after_and_never_500(make_clie
 
 async def test_deadline_exceeded_is_504_and_the_request_is_never_computed(make_client) -> None:
     async with make_client(models=(), simulate_model="300+0", max_inflight_batches=1, max_batch_size=1) as client:
-        batcher = client.app_state.registry.get("simulated").batcher
+        batcher = client.app_state.serving.registry.find("simulated").batcher
         slow = asyncio.create_task(client.post("/v1/classify", content=png_bytes()))
         async with asyncio.timeout(10):
             while batcher.stats.inflight_batches == 0:  # the device is busy from here on

@@ -111,7 +111,9 @@ async def test_preprocessed_tensor_matches_the_server_side_decode(make_client, c
     batch = np.stack([prepared(chelsea), prepared(jpeg_bytes())])
     async with make_client() as client:
         from_tensor = await infer(client, [tensor_input(batch)], [output("logits")])
-        from_json_tensor = await infer(client, [tensor_input(batch[:1], binary=False)], [output("logits", binary=False)])
+        from_json_tensor = await infer(
+            client, [tensor_input(batch[:1], binary=False)], [output("logits", binary=False)]
+        )
         from_images = await infer(client, [image_input(chelsea, jpeg_bytes())], [output("logits")])
     logits = from_tensor.as_numpy("logits").reshape(2, 1000)
     np.testing.assert_allclose(logits, from_images.as_numpy("logits").reshape(2, 1000), rtol=1e-5, atol=1e-5)
@@ -144,7 +146,7 @@ async def test_v1_and_v2_requests_ride_the_same_batch(make_client, chelsea: byte
             client.post("/v1/classify", content=chelsea),
             infer(client, [tensor_input(prepared(chelsea)[None])], [output("logits")]),
         )
-        stats = client.app_state.registry.get("tiny").batcher.stats
+        stats = client.app_state.serving.registry.find("tiny").batcher.stats
     assert v1.status_code == 200 and v1.json()["batch_size"] == 2
     assert stats.batch_size_histogram == {2: 1}
 

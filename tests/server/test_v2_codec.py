@@ -14,7 +14,6 @@ from hypothesis import strategies as st
 from tritonclient.http import InferResult
 from tritonclient.utils import serialize_byte_tensor
 
-from batchserve.server.errors import InvalidRequest, PayloadTooLarge, UnsupportedMediaType
 from batchserve.server.v2.codec import (
     OutputTensor,
     decode_content,
@@ -23,6 +22,7 @@ from batchserve.server.v2.codec import (
     join_bytes_elements,
     split_bytes_elements,
 )
+from batchserve.serving.errors import InvalidRequest, PayloadTooLarge, UnsupportedMediaType
 
 
 def binary_body(header: dict, *blobs: bytes) -> tuple[bytes, str]:
@@ -129,7 +129,9 @@ def test_both_json_data_and_binary_size_is_400() -> None:
     ("blob", "count", "message"),
     [
         pytest.param(struct.pack("<I", 10) + b"short", 1, "claims 10 bytes", id="element-overruns"),
-        pytest.param(struct.pack("<I", 1) + b"a" + b"\x01\x00", 2, "inside an element's 4-byte length", id="cut-prefix"),
+        pytest.param(
+            struct.pack("<I", 1) + b"a" + b"\x01\x00", 2, "inside an element's 4-byte length", id="cut-prefix"
+        ),
         pytest.param(struct.pack("<I", 0) * 3, 2, "more than the 2 elements", id="too-many"),
         pytest.param(struct.pack("<I", 1) + b"a", 2, "holds 1 elements but its shape says 2", id="too-few"),
     ],

@@ -13,7 +13,7 @@ from litestar.testing import AsyncTestClient
 
 from batchserve import __version__
 from batchserve.server.app import create_app
-from batchserve.server.config import ServerConfig
+from batchserve.server.options import build_config
 from batchserve.server.ui.pages import CONTENT_SECURITY_POLICY
 from batchserve.server.ui.templating import STATIC_DIR
 
@@ -61,7 +61,7 @@ def make_client(built_models: Path, tmp_path: Path) -> Callable[..., Any]:
             "events_path": tmp_path / "events.sqlite3", "journal_dir": tmp_path / "journal",
         }
         settings.update(overrides)
-        async with AsyncTestClient(create_app(ServerConfig(**settings)), timeout=60) as client:
+        async with AsyncTestClient(create_app(build_config(settings)), timeout=60) as client:
             yield client
 
     return factory

@@ -7,7 +7,7 @@ import hashlib
 import pytest
 
 from batchserve.server.app import build_state
-from batchserve.server.config import ServerConfig
+from batchserve.server.options import build_config
 from batchserve.server.ui.templating import STATIC_DIR, StaticAssetMissing, static_url
 from batchserve.server.ui.views import format_ms, format_uptime, model_card, service_status
 
@@ -69,16 +69,21 @@ def test_model_card_without_batches_or_preferences() -> None:
 
 
 def test_service_status_follows_the_lifecycle() -> None:
-    state = build_state(ServerConfig(events=False))
+    state = build_state(build_config({"events": False}))
     try:
         started = state.lifecycle.started_at
         status = service_status(state, "9.9.9", now=started + 125)
-        assert (status.ready, status.state, status.uptime, status.version) == (False, "loading models", "2 min 5 s", "9.9.9")
+        assert (status.ready, status.state, status.uptime, status.version) == (
+            False,
+            "loading models",
+            "2 min 5 s",
+            "9.9.9",
+        )
         assert status.started_at_iso.endswith("Z")
         state.lifecycle.draining = True
         assert service_status(state, "9.9.9").state == "draining"
     finally:
-        state.classifier.decode_pool.shutdown(wait=False)
+        state.serving.classifier.decode_pool.shutdown(wait=False)
 
 
 def test_static_url_carries_a_content_hash() -> None:

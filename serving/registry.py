@@ -2,7 +2,7 @@
 
 Loading happens off the event loop and a version takes traffic only once warm. A version that a
 reload or an unload retires leaves the registry at once but closes only when no running request
-holds it any more (see server/leases.py); closing its batcher then lets queued and in-flight
+holds it any more (see serving/leases.py); closing its batcher then lets queued and in-flight
 batches finish first.
 """
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,27 +19,20 @@ from typing import Any
 import numpy as np
 
 from batchserve.batching import Batcher, BatchingConfig, BatchRecord
+from batchserve.batching.cost import CostModel
 from batchserve.model_repo.errors import ModelLoadError, ModelNotFound
 from batchserve.model_repo.labels import load_imagenet_labels
 from batchserve.model_repo.preprocess import PreprocessConfig
 from batchserve.model_repo.repository import ModelSpec, scan_repository
 from batchserve.model_repo.runner import Runner, RunnerConfig
-from batchserve.server.config import ServerConfig
-from batchserve.server.leases import LeaseCounter, lease
-from batchserve.server.simulated import SIMULATED_MODEL_NAME, CostModel, SimulatedDevice
+from batchserve.serving.config import ServingConfig
+from batchserve.serving.knobs import ModelSettings, RequestLimits
+from batchserve.serving.leases import LeaseCounter, lease
+from batchserve.serving.simulated import SIMULATED_MODEL_NAME, SimulatedDevice
 
 log = logging.getLogger("batchserve.models")
-
-# Knobs a model's [batching] table may hold besides the batcher's own.
-SERVER_KNOBS = ("default_timeout_ms", "max_timeout_ms", "intra_op_threads")
-
-
-@dataclass(frozen=True)
-class RequestLimits:
-    """Per-model deadline policy: a default for requests that set none, and a cap."""
-
-    default_timeout_ms: float = 0.0
-    max_timeout_ms: float = 60_000.0
+# Called once per batch with (model name, version, record), e.g. by the metrics.
+BatchObserver = Callable[[str, int, BatchRecord], None]
 
 
 @dataclass
@@ -79,30 +73,15 @@ class LoadedModel:
             self.executor.shutdown(wait=False)
 
 
-def split_knobs(knobs: dict[str, Any]) -> tuple[BatchingConfig, RequestLimits, int]:
-    """The merged knob mapping, as the three typed configs it feeds. A misspelt knob is refused
-    (a silently ignored `max_bach_size` would be worse)."""
-    batching_knobs = BatchingConfig.knobs()
-    unknown = sorted(set(knobs) - set(batching_knobs) - set(SERVER_KNOBS))
-    if unknown:
-        raise ModelLoadError(
-            f"unknown model setting(s) {', '.join(unknown)}; known: {', '.join((*batching_knobs, *SERVER_KNOBS))}"
-        )
-    try:
-        batching = BatchingConfig.from_mapping({k: v for k, v in knobs.items() if k in batching_knobs})
-    except ValueError as exc:
-        raise ModelLoadError(str(exc)) from exc
-    limits = RequestLimits(
-        default_timeout_ms=float(knobs.get("default_timeout_ms") or 0.0),
-        max_timeout_ms=float(knobs.get("max_timeout_ms") or RequestLimits.max_timeout_ms),
-    )
-    return batching, limits, int(knobs.get("intra_op_threads") or 0)
-
-
 class ModelRegistry:
-    def __init__(self, config: ServerConfig, on_batch: Any = None) -> None:
+    """The loaded model versions by name. `retire_grace_s` bounds how long a retired version waits
+    for the requests that hold it before it closes anyway."""
+
+    def __init__(self, config: ServingConfig, *, retire_grace_s: float = 8.0,
+                 on_batch: BatchObserver | None = None) -> None:
         self.config = config
-        self._on_batch = on_batch  # callable(model_name, version, BatchRecord) for metrics
+        self.retire_grace_s = retire_grace_s
+        self._on_batch = on_batch
         self._models: dict[str, dict[int, LoadedModel]] = {}
         self._specs: dict[str, ModelSpec] = {}
         self._lock = asyncio.Lock()
@@ -129,7 +108,8 @@ class ModelRegistry:
         names = self.names()
         return names[0] if names else None
 
-    def get(self, name: str | None = None, version: int | None = None) -> LoadedModel:
+    def find(self, name: str | None = None, version: int | None = None) -> LoadedModel:
+        """The loaded version (default: the latest) of a model (default: the default model)."""
         name = name or self.default_name()
         if name is None or name not in self._models:
             raise ModelNotFound(name or "(default)", version, self.names())
@@ -138,8 +118,13 @@ class ModelRegistry:
             version = max(versions)
         elif version not in versions:
             raise ModelNotFound(name, version, self.names())
-        model = versions[version]
-        lease(model)  # held until the current request has answered
+        return versions[version]
+
+    def lease(self, name: str | None = None, version: int | None = None) -> LoadedModel:
+        """`find`, and hold the version until the current request ends (see serving/leases.py),
+        so a reload or an unload in between cannot close it under the request."""
+        model = self.find(name, version)
+        lease(model)
         return model
 
     def spec(self, name: str) -> ModelSpec | None:
@@ -154,7 +139,8 @@ class ModelRegistry:
         rows = []
         for name, spec in specs.items():
             built = spec.built_versions()
-            for version in built or [None]:
+            listed: list[int | None] = [*built] or [None]
+            for version in listed:
                 state = "READY" if version in self._models.get(name, {}) else "UNAVAILABLE"
                 rows.append({"name": name, "version": "" if version is None else str(version), "state": state,
                              "reason": "" if built else "not built"})
@@ -231,7 +217,7 @@ class ModelRegistry:
         task.add_done_callback(self._retiring.discard)
 
     async def _close_when_released(self, model: LoadedModel) -> None:
-        grace = self.config.shutdown_grace
+        grace = self.retire_grace_s
         log.info("retiring %s v%d once its %d running request(s) finish", model.name, model.version, model.leases.count)
         if not await model.leases.wait_idle(grace):
             log.warning("retiring %s v%d: %d request(s) still hold it after %.1f s; closing anyway",
@@ -249,35 +235,38 @@ class ModelRegistry:
     async def close(self, timeout: float | None = None) -> None:
         models = self.loaded()
         self._models.clear()
-        retiring = list(self._retiring)
         await asyncio.gather(*(m.close(timeout=timeout) for m in models))
-        if retiring:
-            await asyncio.wait(retiring, timeout=timeout)
+        await self.wait_retired(timeout)
 
     async def _install(self, model: LoadedModel) -> None:
         async with self._lock:
             self._models.setdefault(model.name, {})[model.version] = model
 
-    def _observer(self, name: str, version: int):
-        if self._on_batch is None:
+    def _observer(self, name: str, version: int) -> Callable[[BatchRecord], None] | None:
+        on_batch = self._on_batch
+        if on_batch is None:
             return None
 
         def observe(record: BatchRecord) -> None:
-            self._on_batch(name, version, record)
+            on_batch(name, version, record)
 
         return observe
+
+    def _settings(self, name: str, from_toml: dict[str, Any]) -> ModelSettings:
+        return ModelSettings.from_knobs(self.config.knobs.for_model(name, from_toml))
 
     def _load_version(self, spec: ModelSpec, version: int) -> LoadedModel:
         """Runs in a worker thread: session creation and warm-up take seconds."""
         started = time.perf_counter()
         fingerprint = _fingerprint(spec, version)
-        batching, limits, intra = split_knobs(self.config.model_knobs(spec.name, spec.batching))
+        settings = self._settings(spec.name, spec.batching)
+        batching = settings.batching
         providers = self.config.execution_providers or spec.execution_providers
         runner = Runner(
             spec.model_path(version),
             RunnerConfig(
                 execution_providers=tuple(providers),
-                intra_op_threads=intra or spec.intra_op_threads,
+                intra_op_threads=settings.runtime.intra_op_threads or spec.intra_op_threads,
                 trt_engine_cache_path=self.config.trt_engine_cache_path,
             ),
             input_name=spec.input_name,
@@ -296,15 +285,15 @@ class ModelRegistry:
         )
         return LoadedModel(
             name=spec.name, version=version, description=spec.description, labels=spec.read_labels(),
-            preprocess=spec.preprocessing, batching=batching, limits=limits, batcher=batcher,
+            preprocess=spec.preprocessing, batching=batching, limits=settings.limits, batcher=batcher,
             providers=list(runner.providers), input_name=spec.input_name, input_shape=spec.input_shape,
             output_name=spec.output_name, runner=runner, executor=executor, fingerprint=fingerprint,
         )
 
     def _simulated(self, cost: CostModel) -> LoadedModel:
-        knobs = self.config.model_knobs(SIMULATED_MODEL_NAME, {"max_batch_size": 32, "max_inflight_batches": 1,
-                                                                "max_queue_size": 1024})
-        batching, limits, _ = split_knobs(knobs)
+        settings = self._settings(SIMULATED_MODEL_NAME, {"max_batch_size": 32, "max_inflight_batches": 1,
+                                                          "max_queue_size": 1024})
+        batching, limits = settings.batching, settings.limits
         device = SimulatedDevice(cost)
         log.info("serving the simulated accelerator %r: a batch of n costs %s", SIMULATED_MODEL_NAME, cost)
         return LoadedModel(
@@ -327,38 +316,3 @@ def _fingerprint(spec: ModelSpec, version: int) -> tuple[int, ...] | None:
             return None
         stamps += [st.st_mtime_ns, st.st_size]
     return tuple(stamps)
-
-
-def model_summary(model: LoadedModel) -> dict[str, Any]:
-    """What /v1/models says about one loaded version."""
-    stats = model.batcher.stats
-    return {
-        "name": model.name,
-        "version": model.version,
-        "description": model.description,
-        "state": "ready",
-        "execution_providers": model.providers,
-        "input": {"name": model.input_name, "shape": [-1, *model.input_shape], "datatype": "FP32"},
-        "output": {"name": model.output_name, "shape": [-1, model.classes], "datatype": "FP32"},
-        "classes": model.classes,
-        "batching": {
-            "max_batch_size": model.batching.max_batch_size,
-            "max_queue_delay_ms": model.batching.max_queue_delay_ms,
-            "preferred_batch_sizes": list(model.batching.preferred_batch_sizes),
-            "max_queue_size": model.batching.max_queue_size,
-            "max_inflight_batches": model.batching.max_inflight_batches,
-            "default_timeout_ms": model.limits.default_timeout_ms,
-            "max_timeout_ms": model.limits.max_timeout_ms,
-        },
-        "stats": {
-            "queue_depth": stats.queue_depth,
-            "inflight_batches": stats.inflight_batches,
-            "requests_total": stats.requests_total,
-            "batches_total": stats.batches_total,
-            "mean_batch_size": stats.mean_batch_size,
-            "rejected_total": stats.rejected_total,
-            "expired_total": stats.expired_total,
-            "batch_size_histogram": {str(k): v for k, v in sorted(stats.batch_size_histogram.items())},
-        },
-        "loaded_at": model.loaded_at,
-    }

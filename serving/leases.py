@@ -1,19 +1,19 @@
-"""Which model versions each running request has looked up.
+"""Which model versions each running request holds.
 
 A request resolves its model version early (before reading and decoding its body) and submits to
 that version's batcher later. When a reload retires the version in between, closing its batcher
-at once would fail the request. So every `ModelRegistry.get` made while serving a request leases
-the version until the request has answered, and a retired version closes only once no lease is
-left. The same list tells the HTTP metrics which model a request used.
+at once would fail the request. So a request looks its model up with `ModelRegistry.lease`, which
+holds the version until the request's `lease_scope` ends, and a retired version closes only once
+no lease is left. The same list tells the HTTP metrics which model a request used.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
+from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Protocol
-
-from litestar.types import ASGIApp, Receive, Scope, Send
 
 
 class Leasable(Protocol):
@@ -68,21 +68,14 @@ class LeaseCounter:
         return True
 
 
-class LeaseScope:
-    """Pure ASGI wrapper: opens a lease list per HTTP request and releases it after the answer."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        held: list[Leasable] = []
-        token = _held.set(held)
-        try:
-            await self.app(scope, receive, send)
-        finally:
-            _held.reset(token)
-            for model in held:
-                model.release()
+@contextmanager
+def lease_scope() -> Iterator[None]:
+    """One request's lifetime: every version leased inside it is released when it ends."""
+    held: list[Leasable] = []
+    token = _held.set(held)
+    try:
+        yield
+    finally:
+        _held.reset(token)
+        for model in held:
+            model.release()

@@ -12,7 +12,7 @@ import numpy as np
 
 from batchserve.batching.cost import CostModel, SerialDevice
 
-__all__ = ["SIMULATED_MODEL_NAME", "CostModel", "SimulatedDevice"]
+__all__ = ["SIMULATED_MODEL_NAME", "SimulatedDevice"]
 
 SIMULATED_MODEL_NAME = "simulated"
 
