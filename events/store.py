@@ -11,11 +11,11 @@ from abc import ABC, abstractmethod
 from collections.abc import Coroutine, Hashable, Sequence
 from typing import Any, ClassVar, TypeVar
 
-from .config import EventsConfig
-from .errors import StoreError, StoreUnavailable
-from .keycache import KeyCache
-from .model import Event
-from .rows import DIMENSIONS, FactRow, PreparedBatch, prepare
+from batchserve.events.config import EventsConfig
+from batchserve.events.errors import StoreError, StoreUnavailable
+from batchserve.events.keycache import KeyCache
+from batchserve.events.model import Event
+from batchserve.events.rows import DIMENSIONS, FactRow, PreparedBatch, prepare
 
 __all__ = ["DimKeys", "EventStore", "StaleDimensionKey", "open_store"]
 
@@ -99,9 +99,6 @@ class EventStore(ABC):
 
     async def ping(self) -> None:
         await self._bounded("ping", self._ping(), self.timeout_s)
-
-    async def schema_version(self) -> int:
-        return await self._bounded("schema_version", self._schema_version(), self.timeout_s)
 
     async def write(self, events: Sequence[Event]) -> int:
         """Store ``events`` in one transaction; returns how many were new (replays add 0)."""
@@ -202,9 +199,6 @@ class EventStore(ABC):
     async def _ping(self) -> None: ...
 
     @abstractmethod
-    async def _schema_version(self) -> int: ...
-
-    @abstractmethod
     async def _write_prepared(self, batch: PreparedBatch, known: DimKeys) -> tuple[DimKeys, int]:
         """Upsert the dimension rows missing from ``known``, insert the facts, commit.
 
@@ -223,9 +217,9 @@ class EventStore(ABC):
 def open_store(config: EventsConfig) -> EventStore:
     """The store ``config`` names (not yet opened): Postgres with a URL, else SQLite."""
     if config.database_url:
-        from .store_postgres import PostgresStore
+        from batchserve.events.store_postgres import PostgresStore
 
         return PostgresStore(config.database_url, timeout_s=config.store_timeout_s)
-    from .store_sqlite import SqliteStore
+    from batchserve.events.store_sqlite import SqliteStore
 
     return SqliteStore(config.events_path, timeout_s=config.store_timeout_s)

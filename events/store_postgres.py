@@ -9,11 +9,11 @@ from typing import Any
 
 import asyncpg
 
-from .config import redact_url
-from .errors import SchemaMissing, StoreError, StoreUnavailable
-from .migrate import migrate_postgres, postgres_schema_version
-from .rows import ClassRow, ImageRow, PreparedBatch, TimeRow, UserRow
-from .store import FACT_COLUMNS, DimKeys, EventStore, StaleDimensionKey
+from batchserve.events.config import redact_url
+from batchserve.events.errors import SchemaMissing, StoreError, StoreUnavailable
+from batchserve.events.migrate import migrate_postgres, postgres_schema_version
+from batchserve.events.rows import ClassRow, ImageRow, PreparedBatch, TimeRow, UserRow
+from batchserve.events.store import FACT_COLUMNS, DimKeys, EventStore, StaleDimensionKey
 
 __all__ = ["PostgresStore"]
 
@@ -149,11 +149,6 @@ class PostgresStore(EventStore):
         pool = await self._ensure_pool()
         async with pool.acquire() as con:
             await con.fetchval("SELECT 1")
-
-    async def _schema_version(self) -> int:
-        pool = await self._ensure_pool()
-        async with pool.acquire() as con:
-            return await postgres_schema_version(con)
 
     async def _write_prepared(self, batch: PreparedBatch, known: DimKeys) -> tuple[DimKeys, int]:
         pool = await self._ensure_pool()

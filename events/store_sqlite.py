@@ -180,9 +180,6 @@ class SqliteStore(EventStore):
     async def _ping(self) -> None:
         await self._require(self._writer).run(lambda con: con.execute("SELECT 1").fetchone())
 
-    async def _schema_version(self) -> int:
-        return await self._require(self._reader or self._writer).run(sqlite_schema_version)
-
     async def _write_prepared(self, batch: PreparedBatch, known: DimKeys) -> tuple[DimKeys, int]:
         return await self._require(self._writer).run(lambda con: self._write_sync(con, batch, known))
 

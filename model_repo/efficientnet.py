@@ -313,7 +313,3 @@ def emit_efficientnet_lite0(folded: FoldedLite0, *, opset: int = 17, check: bool
         check=check,
     )
 
-
-def build_efficientnet_lite0(state_dict: dict[str, np.ndarray], *, opset: int = 17) -> onnx.ModelProto:
-    """State dict (efficientnet_pytorch naming) -> checked ONNX model with input ``input`` and output ``logits``."""
-    return emit_efficientnet_lite0(fold_efficientnet_lite0(state_dict), opset=opset)

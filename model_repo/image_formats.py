@@ -65,14 +65,6 @@ def pillow_format(fmt: str) -> str:
     return _FORMATS[fmt][0]
 
 
-def content_type_for(fmt: str) -> str:
-    """The canonical media type of a format name, e.g. "jpeg" -> "image/jpeg"."""
-    try:
-        return _FORMATS[fmt][1]
-    except KeyError:
-        raise ValueError(f"unknown image format {fmt!r}; known: {', '.join(sorted(_FORMATS))}") from None
-
-
 def _iso_bmff_brands(data: bytes) -> set[bytes]:
     """Major and compatible brands of an ISO-BMFF `ftyp` box (AVIF and HEIF files start with one)."""
     if len(data) < 16 or data[4:8] != b"ftyp":
@@ -109,15 +101,6 @@ def _sniff_any(data: bytes) -> str | None:
     return None
 
 
-def sniff_format(data: bytes) -> str | None:
-    """The decodable format the bytes announce ("jpeg", "png", ...), or None.
-
-    Only looks at magic numbers: a match says what to try, not that decoding will succeed.
-    """
-    fmt = _sniff_any(data)
-    return fmt if fmt in supported_formats() else None
-
-
 def describe_bytes(data: bytes) -> str:
     """A short hex dump of the first bytes, for error messages about unrecognised input."""
     if not data:
@@ -129,7 +112,7 @@ def require_format(data: bytes) -> str:
     """The decodable format of `data`, or the typed error that explains why there is none."""
     fmt = _sniff_any(data)
     if fmt in supported_formats():
-        return fmt  # type: ignore[return-value]
+        return fmt
     if fmt is not None:
         raise UnsupportedImageType(
             f"{fmt.upper()} images are not supported; send one of: {_supported_list()}"

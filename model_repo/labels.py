@@ -68,7 +68,3 @@ def format_labels(labels: list[str]) -> str:
             raise LabelsError(f"label {class_id} contains a line break: {label!r}")
     return "".join(f"{label}\n" for label in labels)
 
-
-def write_labels(path: str | Path, labels: list[str]) -> None:
-    """Write one label per line (the inverse of ``read_labels``)."""
-    Path(path).write_text(format_labels(labels), encoding="utf-8")
