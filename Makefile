@@ -8,13 +8,19 @@ HOST   ?= 0.0.0.0
 PORT   ?= 8000
 ARGS   ?=
 
-.PHONY: serve test install models services system-packages bench loadtest workload clean
+.PHONY: serve test lint install models services system-packages bench loadtest workload clean
 
 serve: install models  ## run the server on $(HOST):$(PORT)
 	$(BIN)/batchserve serve --host $(HOST) --port $(PORT) $(ARGS)
 
-test: install models services system-packages  ## everything CI runs
+test: install lint models services system-packages  ## everything CI runs: lint, type checks, the tests
 	$(BIN)/python -m pytest $(ARGS)
+
+lint: install  ## ruff (lint, import order) and mypy (through scripts/typecheck.py); both report before it fails
+	@status=0; \
+	$(BIN)/ruff check . || status=1; \
+	$(BIN)/python scripts/typecheck.py || status=1; \
+	exit $$status
 
 install: $(STAMP)
 
@@ -40,7 +46,7 @@ loadtest: install  ## Locust against a running server: make loadtest ARGS="--url
 	$(BIN)/batchserve loadtest $(ARGS)
 
 workload: install  ## 50 labelled photos at once: make workload ARGS="--url http://127.0.0.1:8000"
-	$(BIN)/python loadtest/workload.py $(ARGS)
+	$(BIN)/python -m batchserve.loadtest.workload $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

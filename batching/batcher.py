@@ -16,22 +16,22 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Generic, TypeVar, Union
+from typing import Any, Generic, TypeVar
 
-from .config import BatchingConfig
-from .errors import BatcherClosed, BatchingError, DeadlineExceeded, QueueFull
-from .invoke import check_results, is_async_callable, start_call
-from .outcome import BatchOutcome, BatchRecord, deliver
-from .policy import decide
-from .queue import Part, Pending, RequestQueue
-from .stats import BatcherStats, StatsRecorder
+from batchserve.batching.config import BatchingConfig
+from batchserve.batching.errors import BatcherClosed, BatchingError, DeadlineExceeded, QueueFull
+from batchserve.batching.invoke import check_results, is_async_callable, start_call
+from batchserve.batching.outcome import BatchOutcome, BatchRecord, deliver
+from batchserve.batching.policy import decide
+from batchserve.batching.queue import Part, Pending, RequestQueue
+from batchserve.batching.stats import BatcherStats, StatsRecorder
 
 __all__ = ["Batcher", "BatchOutcome", "BatchRecord", "BatchFn"]
 
 T = TypeVar("T")
 R = TypeVar("R")
 
-BatchFn = Union[Callable[[list[T]], Awaitable[list[R]]], Callable[[list[T]], list[R]]]
+BatchFn = Callable[[list[T]], Awaitable[list[R]]] | Callable[[list[T]], list[R]]
 
 logger = logging.getLogger(__name__)
 

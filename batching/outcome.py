@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from .queue import Part, Pending
+from batchserve.batching.queue import Part, Pending
 
 __all__ = ["BatchOutcome", "BatchRecord", "deliver"]
 

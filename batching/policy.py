@@ -19,7 +19,7 @@ from __future__ import annotations
 from bisect import bisect_right
 from dataclasses import dataclass
 
-from .config import BatchingConfig
+from batchserve.batching.config import BatchingConfig
 
 __all__ = ["Decision", "decide"]
 

@@ -6,9 +6,9 @@ and spills to a local journal while the database is away.  ``query_stats`` answe
 analytics of ``GET /v1/stats``.  See docs/events.md.
 """
 
-from .analytics import StatsQuery, query_stats
-from .config import EventsConfig
-from .errors import (
+from batchserve.events.analytics import StatsQuery, query_stats
+from batchserve.events.config import EventsConfig
+from batchserve.events.errors import (
     EventsConfigError,
     EventsError,
     InvalidStatsQuery,
@@ -18,9 +18,9 @@ from .errors import (
     StoreError,
     StoreUnavailable,
 )
-from .model import Event
-from .store import EventStore, open_store
-from .writer import EventWriter, WriterStats
+from batchserve.events.model import Event
+from batchserve.events.store import EventStore, open_store
+from batchserve.events.writer import EventWriter, WriterStats
 
 __all__ = [
     "Event",

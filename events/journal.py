@@ -21,8 +21,8 @@ from typing import IO, Any
 
 import msgspec
 
-from .errors import JournalError
-from .model import Event
+from batchserve.events.errors import JournalError
+from batchserve.events.model import Event
 
 __all__ = ["Journal", "SegmentContents"]
 

@@ -11,10 +11,11 @@ from functools import cache
 from importlib import resources
 from typing import TYPE_CHECKING
 
-from .errors import MigrationError
+from batchserve.events.errors import MigrationError
 
 if TYPE_CHECKING:
     import asyncpg
+    from asyncpg.pool import PoolConnectionProxy
 
 __all__ = [
     "Migration",
@@ -85,14 +86,14 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
 """
 
 
-async def postgres_schema_version(con: asyncpg.Connection) -> int:
+async def postgres_schema_version(con: asyncpg.Connection | PoolConnectionProxy) -> int:
     """Highest applied migration, 0 when the schema was never created."""
     if await con.fetchval("SELECT to_regclass('schema_migrations')") is None:
         return 0
     return int(await con.fetchval("SELECT coalesce(max(version), 0) FROM schema_migrations"))
 
 
-async def migrate_postgres(con: asyncpg.Connection) -> int:
+async def migrate_postgres(con: asyncpg.Connection | PoolConnectionProxy) -> int:
     """Apply missing migrations in one transaction; returns the schema version.
 
     An advisory lock serialises replicas starting together: without it two of them could both

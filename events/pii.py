@@ -7,7 +7,7 @@ from functools import lru_cache
 
 import msgspec
 
-from .model import Event
+from batchserve.events.model import Event
 
 __all__ = ["apply_pii", "truncate_ip"]
 

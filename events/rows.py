@@ -19,8 +19,8 @@ from typing import Any
 
 import msgspec
 
-from .model import Event
-from .ratelog import RateLimitedLog
+from batchserve.events.model import Event
+from batchserve.events.ratelog import RateLimitedLog
 
 __all__ = [
     "DIMENSIONS",

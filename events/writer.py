@@ -21,13 +21,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from .config import EventsConfig
-from .errors import JournalError, StoreError, StoreUnavailable
-from .journal import Journal
-from .model import Event
-from .pii import apply_pii
-from .ratelog import RateLimitedLog
-from .store import EventStore, open_store
+from batchserve.events.config import EventsConfig
+from batchserve.events.errors import JournalError, StoreError, StoreUnavailable
+from batchserve.events.journal import Journal
+from batchserve.events.model import Event
+from batchserve.events.pii import apply_pii
+from batchserve.events.ratelog import RateLimitedLog
+from batchserve.events.store import EventStore, open_store
 
 __all__ = ["EventWriter", "WriterStats", "open_store"]
 

@@ -38,7 +38,10 @@ _TRANSPOSE = {
     7: Image.Transpose.TRANSVERSE,
     8: Image.Transpose.ROTATE_90,
 }
-_WHITE = {"RGBA": (255, 255, 255), "LA": 255}
+_WHITE: dict[str, int | tuple[int, int, int]] = {"RGBA": (255, 255, 255), "LA": 255}
+
+Box = tuple[float, float, float, float]
+"""(left, top, right, bottom) in source pixels, as Pillow's ``resize(box=...)`` takes it."""
 
 
 @dataclass(frozen=True)
@@ -125,7 +128,7 @@ def decode_image(data: bytes, config: PreprocessConfig) -> DecodedImage:
         raise ImageTooLarge(*_header_size(data, pil_format), config.max_pixels) from None
     except MemoryError:
         raise  # the process is short of memory: not the client's fault, not a 400
-    except Exception as exc:  # noqa: BLE001 - see _decode_failure
+    except Exception as exc:  # any other failure means a bad image: see _decode_failure
         raise _decode_failure(fmt, exc) from exc
     width, height = img.size
     if width <= 0 or height <= 0:
@@ -141,7 +144,7 @@ def decode_image(data: bytes, config: PreprocessConfig) -> DecodedImage:
         raise ImageTooLarge(width, height, config.max_pixels) from None
     except (ImageDecodeError, MemoryError):
         raise
-    except Exception as exc:  # noqa: BLE001 - see _decode_failure
+    except Exception as exc:  # any other failure means a bad image: see _decode_failure
         raise _decode_failure(fmt, exc) from exc
     if orientation >= 5:  # these orientations swap the axes
         width, height = height, width
@@ -200,7 +203,7 @@ def _orientation(img: Image.Image) -> int:
     return value if isinstance(value, int) and value in _TRANSPOSE else 1
 
 
-def crop_box(width: int, height: int, config: PreprocessConfig) -> tuple[float, float, float, float]:
+def crop_box(width: int, height: int, config: PreprocessConfig) -> Box:
     """The rectangle of a width x height image that torchvision's Resize(short) + CenterCrop(crop)
     keeps, in source pixel coordinates (floats: the crop is on the resized pixel grid)."""
     short = config.resize_short_side
@@ -214,7 +217,7 @@ def crop_box(width: int, height: int, config: PreprocessConfig) -> tuple[float, 
     return (left * sx, top * sy, (left + config.crop) * sx, (top + config.crop) * sy)
 
 
-def _to_stored(box: tuple[float, float, float, float], orientation: int, w: int, h: int) -> tuple[float, ...]:
+def _to_stored(box: Box, orientation: int, w: int, h: int) -> Box:
     """Map a box on the upright image to the stored one; w x h is the STORED size."""
     x0, y0, x1, y1 = box
     match orientation:
@@ -249,8 +252,8 @@ def _to_tensor(decoded: DecodedImage, config: PreprocessConfig) -> np.ndarray:
     # Draft decoding maps the full-resolution image onto (0, 0, w/scale, h/scale); clamp guards
     # against float rounding just past the edge, which Pillow rejects.
     limit = (img.width, img.height, img.width, img.height)
-    box = tuple(min(max(v / decoded.scale, 0.0), lim) for v, lim in zip(box, limit, strict=True))
-    out = img.resize((config.crop, config.crop), Image.Resampling.BILINEAR, box=box)
+    x0, y0, x1, y1 = (min(max(v / decoded.scale, 0.0), lim) for v, lim in zip(box, limit, strict=True))
+    out = img.resize((config.crop, config.crop), Image.Resampling.BILINEAR, box=(x0, y0, x1, y1))
     if decoded.orientation in _TRANSPOSE:
         out = out.transpose(_TRANSPOSE[decoded.orientation])
     if out.mode in _WHITE:

@@ -63,12 +63,13 @@ class Runner:
                 f"the graph has inputs {sorted(inputs)} and outputs {sorted(outputs)}"
             )
         self.input_shape: list[int | str | None] = list(inputs[input_name].shape)
-        if len(self.input_shape) != 4 or not all(isinstance(d, int) for d in self.input_shape[1:]):
+        fixed = tuple(d for d in self.input_shape[1:] if isinstance(d, int))
+        if len(self.input_shape) != 4 or len(fixed) != 3:
             raise ModelLoadError(
                 f"{self.model_path}: input {input_name!r} must be [N, C, H, W] with fixed C, H and W, "
                 f"not {self.input_shape}"
             )
-        self.sample_shape: tuple[int, int, int] = tuple(self.input_shape[1:])  # type: ignore[assignment]
+        self.sample_shape: tuple[int, int, int] = fixed
         # A graph exported with a fixed batch size takes exactly that many samples per run.
         self.fixed_batch: int | None = self.input_shape[0] if isinstance(self.input_shape[0], int) else None
         self.num_classes = self._classes(outputs[output_name].shape)
@@ -170,7 +171,7 @@ def _open_session(path: Path, config: RunnerConfig) -> ort.InferenceSession:
     options.enable_cpu_mem_arena = True
     try:
         session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
-    except Exception as exc:  # noqa: BLE001 - ORT's pybind exceptions share no useful base class
+    except Exception as exc:  # ORT's pybind exceptions share no useful base class
         raise ModelLoadError(f"cannot load model file {path}: {exc}; {build_hint} again") from exc
     actual = session.get_providers()
     if actual != names:

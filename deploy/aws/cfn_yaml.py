@@ -9,7 +9,7 @@ dumped again, and that tests can read (scaling policies, parameters) without a s
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import yaml
 
@@ -25,8 +25,8 @@ def _intrinsic(loader: yaml.SafeLoader, tag_suffix: str, node: yaml.Node) -> dic
         value: Any = loader.construct_scalar(node)
     elif isinstance(node, yaml.SequenceNode):
         value = loader.construct_sequence(node, deep=True)
-    else:
-        value = loader.construct_mapping(node, deep=True)
+    else:  # YAML has no fourth kind of node
+        value = loader.construct_mapping(cast(yaml.MappingNode, node), deep=True)
     if tag_suffix == "Ref":
         return {"Ref": value}
     if tag_suffix == "GetAtt" and isinstance(value, str):

@@ -6,9 +6,8 @@ import asyncio
 import concurrent.futures
 import functools
 
-from tests.batching.batcher_fakes import CostModel, GatedModel, SyncCostModel, settle
-
 from batchserve.batching import Batcher, BatchingConfig, BatchOutcome, BatchRecord
+from tests.batching.batcher_fakes import CostModel, GatedModel, SyncCostModel, settle
 
 
 async def test_64_concurrent_submitters_share_batches_and_get_their_own_answers() -> None:

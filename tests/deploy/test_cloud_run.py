@@ -10,7 +10,13 @@ import yaml
 
 from batchserve.deploy.errors import UsageError
 from batchserve.deploy.render import SERVICE_TEMPLATE, GcpProfile, render_gcp
-from batchserve.deploy.validate import check_cloud_run_service, check_gpu_rules, check_run_schema, parse_quantity, run_v1_schemas
+from batchserve.deploy.validate import (
+    check_cloud_run_service,
+    check_gpu_rules,
+    check_run_schema,
+    parse_quantity,
+    run_v1_schemas,
+)
 
 
 @pytest.fixture

@@ -114,7 +114,7 @@ def test_runtime_stage_is_lean_non_root_and_json_form(parsed: DockerfileParser) 
 
 
 class _Health(http.server.BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+    def do_GET(self) -> None:
         self.send_response(200 if self.path == "/healthz" else 404)
         self.end_headers()
 

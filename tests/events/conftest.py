@@ -55,7 +55,7 @@ def _run_sync(coro: Coroutine[Any, Any, T]) -> T:
 async def _unreachable_reason(url: str) -> str | None:
     try:
         con = await asyncpg.connect(url, timeout=5)
-    except Exception as exc:  # any failure to connect means "no Postgres for these tests"
+    except Exception as exc:  # noqa: BLE001 - any failure to connect means "no Postgres for these tests"
         return f"{type(exc).__name__}: {exc}"
     await con.close()
     return None

@@ -263,4 +263,4 @@ def test_top_k_on_real_runner_output(runner: Runner) -> None:
     for row in logits:
         best = top_k(softmax(row), 5)
         assert len(best) == 5 and best[0][0] == int(np.argmax(row))
-        assert all(a[1] >= b[1] for a, b in zip(best, best[1:]))
+        assert all(a[1] >= b[1] for a, b in zip(best, best[1:], strict=False))
