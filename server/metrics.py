@@ -15,7 +15,6 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
-from litestar.enums import ScopeType
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -29,6 +28,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
 from batchserve.batching import BatchRecord
+from batchserve.server.http_middleware import HttpMiddleware
 from batchserve.serving.leases import leased
 
 if TYPE_CHECKING:
@@ -175,17 +175,14 @@ class StateCollector(Collector):
                                 value=1.0 if stats.healthy else 0.0)
 
 
-class HttpMetricsMiddleware:
-    """Pure ASGI, wrapped around the whole app (outside routing) so 404s and 405s count too."""
+class HttpMetricsMiddleware(HttpMiddleware):
+    """Around the whole app (outside routing), so 404s and 405s count too."""
 
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
-        self.app = app
+        super().__init__(app)
         self.metrics = metrics
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != ScopeType.HTTP:
-            await self.app(scope, receive, send)
-            return
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
         status = 500  # what the client sees if the app dies before answering
 
