@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any
 
 from batchserve.server.options import OPTIONS, Option, from_sources
@@ -11,7 +12,10 @@ from batchserve.server.options import OPTIONS, Option, from_sources
 
 def _argument(option: Option) -> tuple[str, dict[str, Any]]:
     """argparse settings for one option; its default is None so `from_sources` can tell 'not given'."""
-    default = "config.toml" if option.is_knob else repr(option.default)
+    if option.is_knob:
+        default = "config.toml"
+    else:
+        default = str(option.default) if isinstance(option.default, Path) else repr(option.default)
     kwargs: dict[str, Any] = {"default": None, "dest": option.name,
                               "help": f"{option.help} [env {option.env}; default {default}]"}
     if option.is_switch:
@@ -30,9 +34,14 @@ def _argument(option: Option) -> tuple[str, dict[str, Any]]:
 
 
 def add_server_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags, grouped in --help by the configuration object each one sets."""
+    groups: dict[str, Any] = {}
     for option in OPTIONS:
+        title = "model knobs (override every model's config.toml)" if option.is_knob else option.section
+        if title not in groups:
+            groups[title] = parser.add_argument_group(title)
         flag, kwargs = _argument(option)
-        parser.add_argument(flag, **kwargs)
+        groups[title].add_argument(flag, **kwargs)
 
 
 def _serve(args: argparse.Namespace) -> int:
