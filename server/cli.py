@@ -22,6 +22,7 @@ def _argument(option: Option) -> tuple[str, dict[str, Any]]:
         kwargs["action"] = argparse.BooleanOptionalAction
     elif option.choices is not None:
         kwargs["choices"] = option.choices
+        kwargs["type"] = str.lower  # as the environment variable: DEBUG is debug
     else:
         def parse(raw: str) -> Any:
             return option.parse(raw)

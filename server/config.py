@@ -15,7 +15,7 @@ from typing import Literal
 from batchserve.events.config import EventsConfig
 from batchserve.serving.config import ServingConfig
 
-LogLevel = Literal["debug", "info", "warning", "error"]
+LogLevel = Literal["debug", "info", "warning", "error", "critical"]
 LogFormat = Literal["text", "json"]
 ModelControl = Literal["none", "explicit"]
 

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import UnionType
-from typing import Any, Union, get_args, get_origin
+from typing import Any, Literal, Union, get_args, get_origin
 
 import msgspec
 
@@ -107,7 +107,8 @@ def alternatives(tp: Any) -> tuple[Any, ...]:
 
 def parse_setting(tp: Any, raw: str) -> Any:
     """A flag's or environment variable's text as a value of type `tp`: numbers, paths, `a,b`
-    lists, one of a Literal's values, and true/false/yes/no/on/off/1/0 for booleans."""
+    lists, one of a Literal's values (in any case: `DEBUG` is `debug`), and
+    true/false/yes/no/on/off/1/0 for booleans."""
     base = alternatives(tp)
     if bool in base:
         lowered = raw.strip().lower()
@@ -117,11 +118,12 @@ def parse_setting(tp: Any, raw: str) -> Any:
     value: Any = raw.strip()
     if any(get_origin(t) is tuple for t in base):
         value = [part.strip() for part in value.split(",") if part.strip()]
+    elif any(get_origin(t) is Literal for t in base):
+        value = value.lower()
     try:
         return msgspec.convert(value, tp, strict=False, dec_hook=_path_hook)
     except msgspec.ValidationError as exc:
         raise ValueError(f"cannot use {raw!r}: {exc}") from None
-
 
 
 def _path_hook(tp: Any, value: Any) -> Any:

@@ -54,6 +54,9 @@ def test_typed_parsing_of_lists_bools_paths_and_choices() -> None:
     assert config.serving.knobs.values["preferred_batch_sizes"] == (8, 16)
     assert from_sources(parse_serve("--no-events"), environ={}).events.enabled is False
     assert from_sources(parse_serve("--events-pii", "full"), environ={}).events.pii == "full"
+    # Choices read in any case, as logging's own level names do.
+    assert from_sources(parse_serve("--log-level", "DEBUG"), environ={}).logging.log_level == "debug"
+    assert from_sources(parse_serve(), environ={"BATCHSERVE_LOG_LEVEL": "Warning"}).logging.log_level == "warning"
 
 
 def test_bad_env_value_names_the_variable() -> None:
