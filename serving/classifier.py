@@ -169,15 +169,6 @@ class Classifier:
                 decoded.append(outcome)
         return decoded
 
-    async def infer(self, model: LoadedModel, samples: list[np.ndarray], k: int, deadline: Deadline) -> BatchAnswer:
-        """Run the samples through the model's batcher; raises what the batcher raises."""
-        outcome = await model.batcher.submit(samples, deadline=deadline.at)
-        predictions = [
-            [Prediction(c, model.labels[c], s) for c, s in top_k(softmax(logits), k)] for logits in outcome.results
-        ]
-        return BatchAnswer(list(outcome.results), predictions, outcome.queue_s * 1000.0, outcome.compute_s * 1000.0,
-                           outcome.batch_size)
-
     async def classify_images(
         self, model: LoadedModel, images: Sequence[ImageInput], k: int, deadline: Deadline,
         *, all_or_nothing: bool = False,
@@ -217,12 +208,16 @@ class Classifier:
     async def _run(
         self, model: LoadedModel, samples: list[np.ndarray], k: int, deadline: Deadline
     ) -> BatchAnswer | ErrorInfo:
-        """The batcher's answer, or the error that failed the whole submission."""
+        """The batcher's answer with each sample's top k, or the error that failed the whole submission
+        (cancellation is not an Exception: it still propagates)."""
         if not samples:
             return BatchAnswer([], [], 0.0, 0.0, 0)
         try:
-            return await self.infer(model, samples, k, deadline)
-        except (asyncio.CancelledError, KeyboardInterrupt):
-            raise
+            outcome = await model.batcher.submit(samples, deadline=deadline.at)
+            predictions = [
+                [Prediction(c, model.labels[c], s) for c, s in top_k(softmax(logits), k)] for logits in outcome.results
+            ]
         except Exception as exc:  # noqa: BLE001 - becomes each sample's error; the request still answers
             return _described(exc, f"batch for {model.name} v{model.version}")
+        return BatchAnswer(list(outcome.results), predictions, outcome.queue_s * 1000.0, outcome.compute_s * 1000.0,
+                           outcome.batch_size)
