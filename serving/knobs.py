@@ -13,7 +13,7 @@ import dataclasses
 import math
 import os
 import typing
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import UnionType
@@ -75,6 +75,13 @@ _GROUP_KNOBS = {group: _knobs_of(config) for group, config in _GROUPS.items()}
 KNOBS: dict[str, Knob] = {name: knob for knobs in _GROUP_KNOBS.values() for name, knob in knobs.items()}
 
 
+def refuse_unknown(names: Iterable[str]) -> None:
+    """A misspelt knob is refused: a silently ignored `max_bach_size` would be worse."""
+    unknown = sorted(set(names) - set(KNOBS))
+    if unknown:
+        raise ValueError(f"unknown model setting(s) {', '.join(unknown)}; known: {', '.join(KNOBS)}")
+
+
 @dataclass(frozen=True)
 class ModelSettings:
     """One model's knobs, typed."""
@@ -85,12 +92,9 @@ class ModelSettings:
 
     @classmethod
     def from_knobs(cls, knobs: Mapping[str, Any]) -> ModelSettings:
-        """The merged knob values as typed configs. A misspelt knob is refused (a silently ignored
-        `max_bach_size` would be worse), and so is a bad value, naming the knob."""
-        unknown = sorted(set(knobs) - set(KNOBS))
-        if unknown:
-            raise ModelLoadError(f"unknown model setting(s) {', '.join(unknown)}; known: {', '.join(KNOBS)}")
+        """The merged knob values as typed configs; an unknown knob or a bad value is refused, naming it."""
         try:
+            refuse_unknown(knobs)
             groups = {
                 group: config(**{name: knobs[name] for name in _GROUP_KNOBS[group] if name in knobs})
                 for group, config in _GROUPS.items()
@@ -159,9 +163,7 @@ class KnobOverrides:
     from_cli: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
-        unknown = sorted(set(self.values) - set(KNOBS))
-        if unknown:
-            raise ValueError(f"unknown model setting(s) {', '.join(unknown)}; known: {', '.join(KNOBS)}")
+        refuse_unknown(self.values)
 
     def for_model(
         self, model: str, from_toml: Mapping[str, Any], environ: Mapping[str, str] = os.environ
