@@ -3,10 +3,10 @@
 ``EventWriter.put`` is called on the request path and never blocks; a background flusher
 writes batches to PostgreSQL (COPY) or, without a database URL, to an embedded SQLite file,
 and spills to a local journal while the database is away.  ``query_stats`` answers the
-analytics of ``GET /v1/stats``.  See docs/events.md.
+analytics of ``GET /v1/stats`` on connections of their own (``StatsReader``).  See docs/events.md.
 """
 
-from batchserve.events.analytics import StatsQuery, query_stats
+from batchserve.events.analytics import StatsQuery, bounded_window, query_stats
 from batchserve.events.config import EventsConfig
 from batchserve.events.errors import (
     EventsConfigError,
@@ -15,10 +15,14 @@ from batchserve.events.errors import (
     JournalError,
     MigrationError,
     SchemaMissing,
+    StatsBusy,
+    StatsTimeout,
     StoreError,
+    StoreRejected,
     StoreUnavailable,
 )
 from batchserve.events.model import Event
+from batchserve.events.stats_reader import StatsReader, open_stats_reader
 from batchserve.events.store import EventStore, open_store
 from batchserve.events.writer import EventWriter, WriterStats
 
@@ -33,10 +37,16 @@ __all__ = [
     "JournalError",
     "MigrationError",
     "SchemaMissing",
+    "StatsBusy",
     "StatsQuery",
+    "StatsReader",
+    "StatsTimeout",
     "StoreError",
+    "StoreRejected",
     "StoreUnavailable",
     "WriterStats",
+    "bounded_window",
+    "open_stats_reader",
     "open_store",
     "query_stats",
 ]

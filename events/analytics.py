@@ -9,15 +9,15 @@ product compared the same way.  Final ordering happens in Python, so collations 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
-from typing import Any, Literal, get_args
+from datetime import UTC, date, datetime, timedelta
+from typing import Any, Literal, Protocol, get_args
 
 from batchserve.events.errors import InvalidStatsQuery
-from batchserve.events.store import EventStore
 from batchserve.events.store_sqlite import format_ts, parse_ts
 
-__all__ = ["GROUP_BYS", "PERCENTILES", "GroupBy", "StatsQuery", "query_stats"]
+__all__ = ["GROUP_BYS", "PERCENTILES", "GroupBy", "StatsQuery", "StatsSource", "bounded_window", "query_stats"]
 
 GroupBy = Literal["minute", "hour", "day", "class", "user", "model"]
 GROUP_BYS: tuple[str, ...] = get_args(GroupBy)
@@ -45,12 +45,51 @@ class StatsQuery:
                 continue
             if not isinstance(value, datetime):
                 raise InvalidStatsQuery(f"{name} must be a datetime, got {type(value).__name__}")
-            aware = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-            object.__setattr__(self, name, aware)
+            object.__setattr__(self, name, _utc(value))
         if self.start is not None and self.end is not None and self.start > self.end:
             raise InvalidStatsQuery(f"start ({self.start.isoformat()}) is after end ({self.end.isoformat()})")
         if isinstance(self.top_classes, bool) or not isinstance(self.top_classes, int) or self.top_classes < 0:
             raise InvalidStatsQuery(f"top_classes must be a non-negative integer, got {self.top_classes!r}")
+
+
+class StatsSource(Protocol):
+    """What the queries run on: an ``EventStore`` (the CLI) or a ``StatsReader`` (the server)."""
+
+    @property
+    def kind(self) -> str: ...
+
+    async def fetch(self, sql: str, params: Sequence[Any] = ...) -> list[tuple[Any, ...]]: ...
+
+
+def _utc(value: datetime) -> datetime:
+    try:
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    except OverflowError:  # 0001-01-01T00:00+05:00 has no UTC equivalent
+        raise InvalidStatsQuery(f"{value.isoformat()} is outside the range of representable UTC times") from None
+
+
+def bounded_window(
+    start: datetime | None, end: datetime | None, *, now: datetime, default: timedelta, maximum: timedelta
+) -> tuple[datetime, datetime]:
+    """The ``[start, end)`` a query may scan: ``end`` defaults to ``now``, ``start`` to ``default`` before it.
+
+    A wider window than ``maximum`` raises ``InvalidStatsQuery`` naming the limit, so one request
+    cannot make the database scan every event it ever stored.  Naive times are UTC.
+    """
+    end = _utc(end) if end is not None else now
+    try:
+        start = _utc(start) if start is not None else end - default
+    except OverflowError:
+        raise InvalidStatsQuery(f"`to` ({end.isoformat()}) is too early to count a default window back from") from None
+    if start > end:
+        raise InvalidStatsQuery(f"`from` ({start.isoformat()}) is after `to` ({end.isoformat()})")
+    if end - start > maximum:
+        raise InvalidStatsQuery(
+            f"the window from {start.isoformat()} to {end.isoformat()} spans {(end - start) / timedelta(days=1):.1f} "
+            f"days; at most {maximum / timedelta(days=1):g} days are answered at once (stats_max_window_days): "
+            "narrow `from` and `to`"
+        )
+    return start, end
 
 
 class _Sql:
@@ -186,7 +225,7 @@ def _group(row: tuple[Any, ...], pg: bool, time_group: bool) -> dict[str, Any]:
     }
 
 
-async def query_stats(store: EventStore, q: StatsQuery) -> dict[str, Any]:
+async def query_stats(store: StatsSource, q: StatsQuery) -> dict[str, Any]:
     """``{"groups": [...], "batch_size_histogram": {...}, "top_classes": [...]}`` for ``q``.
 
     Groups: time groups ascending by key (ISO 8601 in UTC, the start of the minute/hour/day);

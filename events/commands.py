@@ -12,21 +12,19 @@ import os
 import sys
 import urllib.parse
 from datetime import datetime
-from pathlib import Path
 from typing import Any, TextIO
 
 import msgspec
 
 from batchserve.client.http import HttpError, NotJson, Unreachable, request_json
 from batchserve.events.analytics import GROUP_BYS, StatsQuery, query_stats
-from batchserve.events.config import EventsConfig, redact_url
+from batchserve.events.config import redact_url
 from batchserve.events.errors import EventsError
 from batchserve.events.store import EventStore, open_store
+from batchserve.events.store_options import add_store_arguments, resolve_config
 
-__all__ = ["register", "resolve_config", "run_db_upgrade", "run_stats"]
+__all__ = ["register", "run_db_upgrade", "run_stats"]
 
-ENV_DATABASE_URL = "BATCHSERVE_DATABASE_URL"
-ENV_EVENTS_PATH = "BATCHSERVE_EVENTS_PATH"
 ENV_API_KEY = "BATCHSERVE_API_KEY"
 _HTTP_TIMEOUT_S = 30.0
 
@@ -39,7 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="apply pending event schema migrations",
         description="Create or upgrade the event schema and print its version.",
     )
-    _add_store_arguments(upgrade.add_mutually_exclusive_group())
+    add_store_arguments(upgrade.add_mutually_exclusive_group())
     upgrade.set_defaults(func=run_db_upgrade)
 
     stats = subparsers.add_parser(
@@ -49,7 +47,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     source = stats.add_mutually_exclusive_group()
     source.add_argument("--url", help="ask a running server (GET URL/v1/stats) instead of the store")
-    _add_store_arguments(source)
+    add_store_arguments(source)
     stats.add_argument("--from", dest="start", type=_iso_datetime, metavar="TIME", help="ISO 8601, inclusive")
     stats.add_argument("--to", dest="end", type=_iso_datetime, metavar="TIME", help="ISO 8601, exclusive")
     stats.add_argument("--model", help="only this model")
@@ -61,35 +59,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     stats.set_defaults(func=run_stats)
 
 
-def _add_store_arguments(group: argparse._MutuallyExclusiveGroup) -> None:
-    group.add_argument(
-        "--database-url",
-        default=None,
-        help=f"postgresql://... (env {ENV_DATABASE_URL}); without one, the SQLite file",
-    )
-    group.add_argument(
-        "--events-path",
-        type=Path,
-        default=None,
-        help=f"SQLite events file (env {ENV_EVENTS_PATH}; default {EventsConfig.events_path})",
-    )
-
-
 def _iso_datetime(text: str) -> datetime:
     try:
         return datetime.fromisoformat(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not an ISO 8601 date/time: {text!r}") from None
-
-
-def resolve_config(args: argparse.Namespace, environ: dict[str, str] | None = None) -> EventsConfig:
-    """Flags beat environment variables; an explicit --events-path beats BATCHSERVE_DATABASE_URL."""
-    env = os.environ if environ is None else environ
-    if args.events_path is not None:
-        return EventsConfig(database_url=None, events_path=args.events_path)
-    url = args.database_url or env.get(ENV_DATABASE_URL) or None
-    path = env.get(ENV_EVENTS_PATH)
-    return EventsConfig(database_url=url, events_path=Path(path) if path else EventsConfig.events_path)
 
 
 def run_db_upgrade(args: argparse.Namespace, out: TextIO | None = None) -> int:

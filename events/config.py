@@ -47,6 +47,21 @@ class EventsConfig:
         "and the store is treated as down", "events_store_timeout_s"))
     reconnect_max_s: float = field(default=10.0, metadata=_option(
         "ceiling of the exponential backoff between reconnection attempts", "events_reconnect_max_s"))
+    dead_letter_max_bytes: int = field(default=256 << 20, metadata=_option(
+        "cap of <journal-dir>/dead-letter/, where events the store rejects for their content are set aside; "
+        "beyond it they are only counted as lost", "events_dead_letter_max_bytes"))
+    stats_statement_timeout_ms: int = field(default=10_000, metadata=_option(
+        "statement timeout of each /v1/stats query; past it the query is cancelled and answered 504 "
+        "stats_timeout", "stats_statement_timeout_ms"))
+    stats_max_connections: int = field(default=2, metadata=_option(
+        "database connections reserved for /v1/stats, apart from the event writer's; more concurrent "
+        "queries wait for one (within their timeout)", "stats_max_connections"))
+    stats_default_window_hours: int = field(default=24, metadata=_option(
+        "window of /v1/stats when the query gives no `from`: the hours before `to` (default now)",
+        "stats_default_window_hours"))
+    stats_max_window_days: int = field(default=31, metadata=_option(
+        "widest from..to window /v1/stats answers; a wider one is refused with 422 invalid_parameter",
+        "stats_max_window_days"))
 
     def __post_init__(self) -> None:
         # Paths arrive as strings from env vars and CLI flags; normalise once here.
@@ -58,10 +73,25 @@ class EventsConfig:
             )
         if self.pii not in PII_MODES:
             raise EventsConfigError(f"pii must be one of {', '.join(PII_MODES)}, got {self.pii!r}")
-        for name in ("flush_interval_ms", "flush_max_events", "buffer_size", "journal_max_bytes"):
+        for name in (
+            "flush_interval_ms",
+            "flush_max_events",
+            "buffer_size",
+            "journal_max_bytes",
+            "dead_letter_max_bytes",
+            "stats_statement_timeout_ms",
+            "stats_max_connections",
+            "stats_default_window_hours",
+            "stats_max_window_days",
+        ):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise EventsConfigError(f"{name} must be a positive integer, got {value!r}")
+        if self.stats_default_window_hours > self.stats_max_window_days * 24:
+            raise EventsConfigError(
+                f"stats_default_window_hours ({self.stats_default_window_hours}) is wider than "
+                f"stats_max_window_days ({self.stats_max_window_days})"
+            )
         for name in ("store_timeout_s", "reconnect_max_s"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:

@@ -9,7 +9,10 @@ __all__ = [
     "JournalError",
     "MigrationError",
     "SchemaMissing",
+    "StatsBusy",
+    "StatsTimeout",
     "StoreError",
+    "StoreRejected",
     "StoreUnavailable",
 ]
 
@@ -28,6 +31,22 @@ class StoreError(EventsError):
 
 class StoreUnavailable(StoreError):
     """The event store cannot be reached in time (refused, reset, timed out)."""
+
+
+class StoreRejected(StoreError):
+    """The store refuses these events for what they hold (a constraint, a value it cannot take).
+
+    Retrying the same events cannot succeed, unlike ``StoreUnavailable``: the writer sets them
+    aside in the dead-letter directory instead of keeping them in the journal forever.
+    """
+
+
+class StatsTimeout(StoreError):
+    """A statistics query ran past its statement timeout (the store cancelled it)."""
+
+
+class StatsBusy(StoreError):
+    """Every connection reserved for statistics stayed busy until the query's time was up."""
 
 
 class SchemaMissing(StoreError):

@@ -17,14 +17,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Literal
 
 import msgspec
 
 from batchserve.events.errors import JournalError
 from batchserve.events.model import Event
 
-__all__ = ["Journal", "SegmentContents"]
+__all__ = ["BadLine", "Journal", "SegmentContents", "fsync_dir"]
 
 log = logging.getLogger(__name__)
 
@@ -33,10 +33,23 @@ _DEFAULT_SEGMENT_BYTES = 8 << 20
 
 
 @dataclass(frozen=True)
+class BadLine:
+    """A line of a segment that holds no event: ``torn`` (the last write cut short) or ``corrupt``."""
+
+    number: int
+    kind: Literal["torn", "corrupt"]
+    raw: bytes
+
+
+@dataclass(frozen=True)
 class SegmentContents:
     path: Path
     events: list[Event]
-    skipped_lines: int
+    bad_lines: list[BadLine]
+
+    @property
+    def skipped_lines(self) -> int:
+        return len(self.bad_lines)
 
 
 class Journal:
@@ -144,7 +157,7 @@ class Journal:
             self._active_path = path
             self._active_bytes = 0
             self._set_size(path, 0)
-            _fsync_dir(self.directory)  # the new name must survive a crash too
+            fsync_dir(self.directory)  # the new name must survive a crash too
         assert self._active_path is not None
         self._active.write(data)
         self._active.flush()
@@ -171,10 +184,10 @@ class Journal:
             return sorted(self._sizes)
 
     def read(self, path: Path) -> SegmentContents:
-        """The events of a sealed segment; torn or corrupt lines are skipped with a warning."""
+        """The events of a sealed segment, and the lines that hold none (logged; the caller accounts for them)."""
         data = path.read_bytes()
         events: list[Event] = []
-        skipped = 0
+        bad: list[BadLine] = []
         lines = data.split(b"\n")
         for number, line in enumerate(lines, start=1):
             if not line.strip():
@@ -184,16 +197,16 @@ class Journal:
             torn_tail = number == len(lines)
             event = self._decode(line)
             if event is None:
-                skipped += 1
+                bad.append(BadLine(number, "torn" if torn_tail else "corrupt", line))
                 log.warning(
-                    "journal %s line %d is %s; skipped",
+                    "journal %s line %d is %s; set aside",
                     path.name,
                     number,
                     "torn (incomplete last write)" if torn_tail else "not a valid event",
                 )
                 continue
             events.append(event)
-        return SegmentContents(path, events, skipped)
+        return SegmentContents(path, events, bad)
 
     def _decode(self, line: bytes) -> Event | None:
         try:
@@ -235,7 +248,8 @@ def _lenient_event(line: bytes) -> Event | None:
         return None
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
+    """Make a new name in ``directory`` survive a crash (best effort where the filesystem cannot)."""
     try:
         fd = os.open(directory, os.O_RDONLY)
     except OSError:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 from functools import lru_cache
 
 import msgspec
 
 from batchserve.events.model import Event
 
-__all__ = ["apply_pii", "truncate_ip"]
+__all__ = ["apply_pii", "scrub_line", "truncate_ip"]
 
 _V4_PREFIX = 24
 _V6_PREFIX = 48
@@ -53,3 +54,29 @@ def apply_pii(event: Event, mode: str) -> Event:
             return event
         return msgspec.structs.replace(event, client_ip=truncated)
     raise ValueError(f"unknown PII mode {mode!r}: expected full, truncated or off")
+
+
+# A JSON string member of the journal's encoding, possibly cut off by the end of a torn line.
+_PERSONAL_MEMBER = re.compile(rb'"(client_ip|user_agent)"\s*:\s*"((?:[^"\\]|\\.)*)("|$)')
+
+
+def scrub_line(raw: bytes, mode: str) -> bytes:
+    """A journal line that is no valid event, with what ``mode`` removes removed as far as recognisable.
+
+    Unreadable lines are kept for inspection; they must not carry what the policy would have
+    stripped from the event they were meant to be.  A value cut off by a torn write is dropped
+    whole, since it cannot be truncated.
+    """
+    if mode == "full":
+        return raw
+
+    def replace(match: re.Match[bytes]) -> bytes:
+        name, value, closed = match[1], match[2], match[3]
+        kept: str | None = None
+        if name == b"client_ip" and mode == "truncated" and closed:
+            kept = truncate_ip(value.decode("utf-8", "replace"))
+        elif name == b"user_agent" and mode == "truncated" and closed:
+            return match[0]
+        return b'"%s":%s' % (name, b"null" if kept is None else b'"%s"' % kept.encode())
+
+    return _PERSONAL_MEMBER.sub(replace, raw)

@@ -30,7 +30,7 @@ class RateLimitedLog:
         self._last: float | None = None
         self._suppressed = 0
 
-    def __call__(self, msg: str, *args: object) -> bool:
+    def __call__(self, msg: str, *args: object, exc_info: BaseException | None = None) -> bool:
         """Log ``msg % args`` unless a line went out less than an interval ago; True when logged."""
         now = self._clock()
         if self._last is not None and now - self._last < self._interval:
@@ -39,7 +39,7 @@ class RateLimitedLog:
         if self._suppressed:
             msg = f"{msg} (%d similar messages suppressed)"
             args = (*args, self._suppressed)
-        self._logger.log(self._level, msg, *args)
+        self._logger.log(self._level, msg, *args, exc_info=exc_info)
         self._last = now
         self._suppressed = 0
         return True

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from abc import ABC, abstractmethod
-from collections.abc import Coroutine, Hashable, Sequence
+from abc import abstractmethod
+from collections.abc import Hashable, Sequence
 from typing import Any, ClassVar, TypeVar
 
+from batchserve.events.bounded import BoundedCalls
 from batchserve.events.config import EventsConfig
-from batchserve.events.errors import StoreError, StoreUnavailable
+from batchserve.events.errors import StoreError
 from batchserve.events.keycache import KeyCache
 from batchserve.events.model import Event
 from batchserve.events.rows import DIMENSIONS, FactRow, PreparedBatch, prepare
@@ -56,7 +57,7 @@ class StaleDimensionKey(StoreError):
     """A cached surrogate key no longer exists in the store (its row was deleted)."""
 
 
-class EventStore(ABC):
+class EventStore(BoundedCalls):
     """A database holding the star schema.  Not safe for concurrent ``write`` calls.
 
     ``open`` may be called again after it failed (the writer retries it while the database is
@@ -79,10 +80,6 @@ class EventStore(ABC):
     def version(self) -> int | None:
         """Schema version found or reached by ``open``."""
         return self._version
-
-    @abstractmethod
-    def describe(self) -> str:
-        """Where the events go, for logs (no credentials)."""
 
     async def open(self, *, migrate: bool = True) -> int:
         """Connect and (unless ``migrate`` is False) apply pending migrations; returns the version.
@@ -124,39 +121,6 @@ class EventStore(ABC):
     async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Run a read-only query in this store's dialect."""
         return await self._bounded("query", self._fetch(sql, params), max(self.timeout_s, _MIN_QUERY_TIMEOUT_S))
-
-    async def _bounded(self, what: str, op: Coroutine[Any, Any, T], timeout_s: float) -> T:
-        """Run ``op`` for at most ``timeout_s``, translating driver errors.
-
-        ``op`` runs as its own task and is abandoned, not awaited, once the time is up or the
-        caller is cancelled: a driver cleaning up after a cancel (rolling back, resetting the
-        connection) would otherwise wait on the very server that stopped answering.
-        ``_abandon`` then cuts the connections so the abandoned task unwinds at once.
-        """
-        task = asyncio.ensure_future(op)
-        try:
-            done, _ = await asyncio.wait({task}, timeout=timeout_s)
-        except asyncio.CancelledError:
-            self._abandon(task)
-            raise
-        if not done:
-            self._abandon(task)
-            raise StoreUnavailable(f"{self.describe()}: {what} took longer than {timeout_s:g} s")
-        try:
-            return task.result()
-        except StoreError:
-            raise
-        except Exception as exc:
-            raise self._translate(exc, what) from exc
-
-    def _abandon(self, task: asyncio.Future[Any]) -> None:
-        task.cancel()
-        # Nobody awaits it any more: fetch its outcome so asyncio does not report it as lost.
-        task.add_done_callback(lambda t: t.cancelled() or t.exception())
-        self._reset_connections()
-
-    def _reset_connections(self) -> None:  # noqa: B027 - optional hook, most stores need nothing
-        """Drop connections an abandoned operation may hang on (no-op where nothing can hang)."""
 
     @classmethod
     def fact_record(cls, fact: FactRow, keys: DimKeys, event_ts: Any) -> tuple[Any, ...]:
@@ -208,10 +172,6 @@ class EventStore(ABC):
 
     @abstractmethod
     async def _fetch(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]: ...
-
-    @abstractmethod
-    def _translate(self, exc: Exception, what: str) -> StoreError:
-        """Map a driver exception to ``StoreUnavailable`` (reachability) or ``StoreError``."""
 
 
 def open_store(config: EventsConfig) -> EventStore:

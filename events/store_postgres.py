@@ -10,12 +10,12 @@ from typing import Any
 import asyncpg
 
 from batchserve.events.config import redact_url
-from batchserve.events.errors import SchemaMissing, StoreError, StoreUnavailable
+from batchserve.events.errors import SchemaMissing, StoreError, StoreRejected, StoreUnavailable
 from batchserve.events.migrate import migrate_postgres, postgres_schema_version
 from batchserve.events.rows import ClassRow, ImageRow, PreparedBatch, TimeRow, UserRow
 from batchserve.events.store import FACT_COLUMNS, DimKeys, EventStore, StaleDimensionKey
 
-__all__ = ["PostgresStore"]
+__all__ = ["UNAVAILABLE_ERRORS", "PostgresStore", "is_rejection"]
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ def _columns(dim: str, rows: list[Any]) -> list[list[Any]]:
 
 
 # Errors that mean "the database is not there right now" rather than "it refused this".
-_UNAVAILABLE = (
+UNAVAILABLE_ERRORS = (
     OSError,
     asyncio.TimeoutError,
     asyncpg.PostgresConnectionError,
@@ -88,6 +88,22 @@ _UNAVAILABLE = (
     asyncpg.AdminShutdownError,
     asyncpg.exceptions.CrashShutdownError,
 )
+
+# SQLSTATE classes that blame the rows themselves: 22 data exception (a value out of range, bad
+# encoding), 23 integrity constraint violation (a CHECK or NOT NULL an operator added), 54 program
+# limit exceeded (a row too large to index).  Anything else (connection, locks, permissions, a
+# missing table) passes when the database or its operator recovers, so the events wait in the journal.
+_REJECTING_CLASSES = frozenset({"22", "23", "54"})
+APPLICATION_NAME = "batchserve-events"
+
+
+def is_rejection(exc: BaseException) -> bool:
+    """True when retrying the same rows cannot succeed: the server or the driver refuses their values."""
+    if isinstance(exc, asyncpg.PostgresError):
+        return str(getattr(exc, "sqlstate", "") or "")[:2] in _REJECTING_CLASSES
+    # The driver's own DataError (a value it cannot encode) is an InterfaceError *and* a ValueError;
+    # other InterfaceErrors are about the connection.
+    return isinstance(exc, asyncpg.InterfaceError) and isinstance(exc, ValueError)
 
 
 class PostgresStore(EventStore):
@@ -113,6 +129,8 @@ class PostgresStore(EventStore):
                 max_size=self._max_connections,
                 timeout=self.timeout_s,  # connect timeout; asyncpg's default is 60 s
                 init=self._init_connection,
+                # Tells the writer's sessions from the statistics' ones in pg_stat_activity.
+                server_settings={"application_name": APPLICATION_NAME},
             )
             try:
                 await pool
@@ -142,7 +160,7 @@ class PostgresStore(EventStore):
         if pool is not None:
             try:
                 await asyncio.wait_for(pool.close(), self.timeout_s)
-            except (TimeoutError, *_UNAVAILABLE):
+            except (TimeoutError, *UNAVAILABLE_ERRORS):
                 pool.terminate()
 
     async def _ping(self) -> None:
@@ -182,7 +200,9 @@ class PostgresStore(EventStore):
     def _translate(self, exc: Exception, what: str) -> StoreError:
         if isinstance(exc, asyncpg.ForeignKeyViolationError):
             return StaleDimensionKey(f"{self.describe()}: {exc}")
-        if isinstance(exc, _UNAVAILABLE):
+        if is_rejection(exc):
+            return StoreRejected(f"{self.describe()}: {what} rejected: {type(exc).__name__}: {exc}")
+        if isinstance(exc, UNAVAILABLE_ERRORS):
             return StoreUnavailable(f"{self.describe()}: {what} failed: {type(exc).__name__}: {exc}")
         if isinstance(exc, asyncpg.UndefinedTableError):
             return SchemaMissing(f"{self.describe()}: {exc} (run `batchserve db upgrade`)")

@@ -22,7 +22,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from batchserve.events.errors import SchemaMissing, StoreError, StoreUnavailable
+from batchserve.events.errors import SchemaMissing, StoreError, StoreRejected, StoreUnavailable
 from batchserve.events.migrate import migrate_sqlite, sqlite_schema_version
 from batchserve.events.rows import PreparedBatch
 from batchserve.events.store import FACT_COLUMNS, DimKeys, EventStore, StaleDimensionKey
@@ -230,6 +230,12 @@ class SqliteStore(EventStore):
     def _translate(self, exc: Exception, what: str) -> StoreError:
         if isinstance(exc, sqlite3.IntegrityError) and "FOREIGN KEY" in str(exc):
             return StaleDimensionKey(f"{self.describe()}: {exc}")
+        if isinstance(exc, (sqlite3.IntegrityError, sqlite3.DataError, OverflowError)) or (
+            isinstance(exc, (sqlite3.ProgrammingError, sqlite3.InterfaceError)) and "binding parameter" in str(exc)
+        ):
+            # A constraint or trigger refused a row, or a value cannot be bound: the rows are to
+            # blame, so retrying them cannot help.
+            return StoreRejected(f"{self.describe()}: {what} rejected: {type(exc).__name__}: {exc}")
         if isinstance(exc, sqlite3.OperationalError):
             message = str(exc)
             if "no such table" in message:

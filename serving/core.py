@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from batchserve.events.config import EventsConfig
+from batchserve.events.stats_reader import StatsReader, open_stats_reader
 from batchserve.events.writer import EventWriter
 from batchserve.serving.classifier import Classifier
 from batchserve.serving.config import ServingConfig
@@ -30,6 +31,8 @@ class Serving:
     classifier: Classifier
     recorder: Recorder
     writer: EventWriter | None
+    # Statistics read on connections of their own: a heavy query never waits on, or cuts, the writer's.
+    analytics: StatsReader | None = None
 
     @classmethod
     def build(cls, config: ServingConfig, events: EventsConfig, *, retire_grace_s: float,
@@ -42,10 +45,15 @@ class Serving:
             classifier=Classifier(ThreadPoolExecutor(threads, thread_name_prefix="decode")),
             recorder=Recorder(writer),
             writer=writer,
+            analytics=open_stats_reader(events) if events.enabled else None,
         )
 
     async def start(self) -> None:
-        """Start the event writer (replaying its journal); models load separately (`registry`)."""
+        """Start the event writer; models load separately (`registry`).
+
+        Returns once the store is open: the writer replays a journal left by an earlier process in
+        the background, so readiness never waits for it.
+        """
         if self.writer is not None:
             await self.writer.start()
 
@@ -53,6 +61,8 @@ class Serving:
         """Queued and in-flight batches finish, then the event writer flushes (or spills), within `timeout_s`."""
         end = time.monotonic() + timeout_s
         await self.registry.close(timeout=timeout_s * BATCHES_SHARE)
+        if self.analytics is not None:
+            await self.analytics.close()
         if self.writer is not None:
             await self.writer.close(timeout=max(0.1, end - time.monotonic() - EVENTS_MARGIN_S))
         self.classifier.decode_pool.shutdown(wait=False)

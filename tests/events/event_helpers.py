@@ -6,7 +6,7 @@ import asyncio
 import time
 import urllib.parse
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -32,6 +32,17 @@ async def wait_until(predicate: Callable[[], bool], timeout: float = 20.0, what:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         await asyncio.sleep(0.005)
+
+
+async def wait_until_async(
+    check: Callable[[], Awaitable[bool]], timeout: float = 20.0, what: str = "condition"
+) -> None:
+    """``wait_until`` for a condition that needs a query to check (a database's view of things)."""
+    deadline = time.monotonic() + timeout
+    while not await check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(0.01)
 
 
 T0 = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)

@@ -131,11 +131,21 @@ def test_natural_key_separates_null_from_empty() -> None:
         ("flush_max_events", 1.5),
         ("store_timeout_s", 0),
         ("database_url", "mysql://x"),
+        ("stats_statement_timeout_ms", 0),
+        ("stats_max_connections", 0),
+        ("stats_max_window_days", -1),
+        ("dead_letter_max_bytes", 0),
     ],
 )
 def test_config_rejects_bad_values(field: str, value: object) -> None:
     with pytest.raises(EventsConfigError, match=field.split("_")[0]):
         EventsConfig(**{field: value})
+
+
+def test_config_refuses_a_default_statistics_window_wider_than_the_maximum() -> None:
+    with pytest.raises(EventsConfigError, match="stats_default_window_hours"):
+        EventsConfig(stats_default_window_hours=49, stats_max_window_days=2)
+    assert EventsConfig(stats_default_window_hours=48, stats_max_window_days=2).stats_max_window_days == 2
 
 
 def test_config_normalises_paths_and_redacts_passwords() -> None:
