@@ -214,7 +214,7 @@ def check_gpu_rules(service: dict[str, Any]) -> list[Finding]:
     for key in ("minScale", "maxScale"):
         name = f"autoscaling.knative.dev/{key}"
         raw = annotations.get(name)
-        if not isinstance(raw, str) or not raw.isdigit():
+        if not isinstance(raw, str) or not (raw.isascii() and raw.isdigit()):
             findings.append(Finding(f"{at}['{name}']", f"must be a whole number written as a string, got {raw!r}"))
         else:
             scale[key] = int(raw)

@@ -58,7 +58,10 @@ class PreprocessConfig:
     """Divides every channel value after the mean is subtracted."""
     max_pixels: int = 40_000_000
     """Decompression-bomb cap on width x height of the encoded image, checked from the header before
-    any pixel is decoded. Pillow refuses images above twice its own MAX_IMAGE_PIXELS regardless."""
+    any pixel is decoded. Pillow refuses images above twice its own MAX_IMAGE_PIXELS regardless.
+    It also bounds a decode's memory: the decoded pixels (at most 4 bytes each in every mode the
+    accepted formats produce) plus one 8-bit conversion (at most 4 bytes each) plus a fixed
+    8 MiB tile for 16-bit samples, so at most max_pixels x 8 bytes + 8 MiB."""
     jpeg_draft: bool = True
     """Let libjpeg decode JPEGs at a reduced scale (never below resize_short_side); off only to
     measure what it saves."""
@@ -194,7 +197,7 @@ def _orientation(img: Image.Image) -> int:
     """EXIF orientation, read only when the file carries EXIF (parsing it costs otherwise).
 
     A malformed EXIF block is ignored: the pixels are still good."""
-    if "exif" not in img.info and img.format != "TIFF":
+    if "exif" not in img.info:
         return 1
     try:
         value = img.getexif().get(_EXIF_ORIENTATION, 1)

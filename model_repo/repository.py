@@ -72,7 +72,7 @@ class ModelSpec:
         """Integer-named subdirectories that hold a model file, ascending."""
         found = []
         for child in self.directory.iterdir():
-            if child.is_dir() and child.name.isdigit() and (child / MODEL_FILENAME).is_file():
+            if child.is_dir() and child.name.isascii() and child.name.isdigit() and (child / MODEL_FILENAME).is_file():
                 found.append(int(child.name))
         return sorted(found)
 

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 from litestar import Request
 from litestar.datastructures import UploadFile
 from litestar.exceptions import InternalServerException
 
+from batchserve.server.client_numbers import finite_decimal, header_value
 from batchserve.serving.classifier import ImageInput
 from batchserve.serving.errors import InvalidParameter, InvalidRequest, UnsupportedMediaType
 
@@ -51,12 +50,18 @@ async def read_images(request: Request, max_files: int) -> tuple[list[ImageInput
     )
 
 
-def header_timeout_ms(headers: Mapping[str, str]) -> float | None:
-    """The client's deadline from `X-Request-Timeout-Ms` (None when absent)."""
-    value = headers.get(TIMEOUT_HEADER)
-    if value is None:
-        return None
-    try:
-        return float(value)
-    except ValueError:
-        raise InvalidParameter(f"X-Request-Timeout-Ms must be a number of milliseconds, not {value!r}") from None
+def requested_timeout_ms(query: str | None, header: str | None) -> float | None:
+    """The client's deadline: the `timeout_ms` query parameter, else the `X-Request-Timeout-Ms` header."""
+    if query is not None:
+        return timeout_ms_value(query, "timeout_ms")
+    if header is not None:
+        return timeout_ms_value(header_value(header), "X-Request-Timeout-Ms")
+    return None
+
+
+def timeout_ms_value(text: str, what: str) -> float:
+    """A deadline in milliseconds as a client writes it: a positive, finite ASCII number."""
+    value = finite_decimal(text)
+    if value is None or value <= 0:
+        raise InvalidParameter(f"{what} must be a positive, finite number of milliseconds, not {text[:40]!r}")
+    return value

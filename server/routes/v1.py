@@ -6,19 +6,63 @@ from typing import Annotated, Any
 
 from litestar import Controller, Request, Response, get, post
 from litestar.di import NamedDependency
-from litestar.params import FromPath, QueryParameter
+from litestar.openapi.spec import OpenAPIType
+from litestar.params import FromPath, HeaderParameter, QueryParameter
 
+from batchserve.server.client_numbers import MAX_MODEL_VERSION, ascii_int, model_version
 from batchserve.server.errors import V1_HANDLERS
 from batchserve.server.model_summary import model_summary
 from batchserve.server.recording import recording
-from batchserve.server.request_input import header_timeout_ms, read_images
-from batchserve.server.schemas import ClassifyResult, ErrorOut, FileOutcome, MultiClassifyResult, PredictionOut, Timing
+from batchserve.server.request_input import TIMEOUT_HEADER, read_images, requested_timeout_ms
+from batchserve.server.schemas import (
+    ClassifyOperation,
+    ClassifyResult,
+    ErrorOut,
+    ErrorResponse,
+    FileOutcome,
+    MultiClassifyResult,
+    PredictionOut,
+    Timing,
+    error_responses,
+)
 from batchserve.server.state import AppState
 from batchserve.serving.classifier import Classification, Classified, Deadline, Failed, validate_top_k
-from batchserve.serving.errors import ErrorAnswer
+from batchserve.serving.errors import ErrorAnswer, InvalidParameter
 from batchserve.serving.registry import LoadedModel
 
 ROUTE = "v1"
+DEFAULT_TOP_K = 5
+# Query parameters arrive as text and are parsed in the handler, inside `recording(...)`, so a
+# refused value is an event like every other refusal; /schema still shows their real types.
+_NOT_NULL: dict[str, Any] = {"one_of": None}
+VERSION_SCHEMA = {**_NOT_NULL, "type": OpenAPIType.INTEGER, "minimum": 1, "maximum": MAX_MODEL_VERSION}
+TOP_K_SCHEMA = {**_NOT_NULL, "type": OpenAPIType.INTEGER, "minimum": 1, "default": DEFAULT_TOP_K}
+TIMEOUT_SCHEMA = {**_NOT_NULL, "type": OpenAPIType.NUMBER, "exclusive_minimum": 0}
+# A multipart request whose files all failed answers with its per-file results, under the first error's status.
+CLASSIFY_ERRORS = {
+    **error_responses(ErrorResponse | MultiClassifyResult, 400, 413, 415, 503, 504),
+    **error_responses(ErrorResponse, 404, 422),
+}
+
+
+def _version(text: str | None) -> int | None:
+    if text is None:
+        return None
+    version = model_version(text)
+    if version is None:
+        raise InvalidParameter(
+            f"version must be a positive integer (at most {MAX_MODEL_VERSION}), not {text[:40]!r}"
+        )
+    return version
+
+
+def _top_k(text: str | None) -> int:
+    if text is None:
+        return DEFAULT_TOP_K
+    k = ascii_int(text, max_digits=9)
+    if k is None:
+        raise InvalidParameter(f"top_k must be a positive integer, not {text[:40]!r}")
+    return k
 
 
 def _result(caller_id: str, model: LoadedModel, item: Classified, total_ms: float) -> ClassifyResult:
@@ -60,24 +104,33 @@ class ClassifyController(Controller):
     tags = ["v1"]
     exception_handlers = V1_HANDLERS
 
-    @post("/classify", status_code=200, summary="Classify one image (raw body) or several (multipart 'image' files)")
+    @post("/classify", status_code=200, summary="Classify one image (raw body) or several (multipart 'image' files)",
+          operation_class=ClassifyOperation, responses=CLASSIFY_ERRORS)
     async def classify(
         self,
         request: Request,
         app_state: NamedDependency[AppState],
         model: Annotated[str | None, QueryParameter(description="model name (default: the server's default)")] = None,
-        version: Annotated[int | None, QueryParameter(ge=1, description="model version (default: latest)")] = None,
-        top_k: Annotated[int, QueryParameter(ge=1, description="predictions per image")] = 5,
-        timeout_ms: Annotated[
-            float | None, QueryParameter(description="deadline in ms (also X-Request-Timeout-Ms)")
-        ] = None,
+        version: Annotated[str | None, QueryParameter(
+            description="model version (default: the latest loaded)", schema_extra=VERSION_SCHEMA)] = None,
+        top_k: Annotated[str | None, QueryParameter(
+            description="predictions per image, at most the model's number of classes", schema_extra=TOP_K_SCHEMA,
+        )] = None,
+        timeout_ms: Annotated[str | None, QueryParameter(
+            description="deadline in milliseconds, capped by the model's maximum", schema_extra=TIMEOUT_SCHEMA,
+        )] = None,
+        timeout_header: Annotated[str | None, HeaderParameter(
+            name=TIMEOUT_HEADER, description="the deadline when timeout_ms is not given", schema_extra=TIMEOUT_SCHEMA,
+        )] = None,
     ) -> Response[ClassifyResult | MultiClassifyResult]:
         serving = app_state.serving
-        with recording(serving.recorder, request, ROUTE, model, version) as record:
+        with recording(serving.recorder, request, ROUTE, model) as record:
             app_state.refuse_if_draining()
-            loaded = record.uses(serving.registry.lease(model, version))
-            k = validate_top_k(top_k, loaded)
-            requested_ms = timeout_ms if timeout_ms is not None else header_timeout_ms(request.headers)
+            requested_version = record.version = _version(version)
+            requested_k = _top_k(top_k)
+            requested_ms = requested_timeout_ms(timeout_ms, timeout_header)
+            loaded = record.uses(serving.registry.lease(model, requested_version))
+            k = validate_top_k(requested_k, loaded)
             deadline = Deadline.for_request(loaded, requested_ms, record.started)
             images, multipart = await read_images(request, app_state.config.limits.max_images_per_request)
             outcome = await serving.classifier.classify_images(loaded, images, k, deadline)
@@ -95,7 +148,8 @@ class ClassifyController(Controller):
         registry = app_state.serving.registry
         return {"models": [model_summary(m) for m in registry.loaded()], "default_model": registry.default_name()}
 
-    @get("/models/{name:str}", summary="One model: every loaded version")
+    @get("/models/{name:str}", summary="One model: every loaded version",
+         responses=error_responses(ErrorResponse, 400, 404))
     async def get_model(self, app_state: NamedDependency[AppState], name: FromPath[str]) -> dict[str, Any]:
         registry = app_state.serving.registry
         registry.lease(name)  # raises ModelNotFound

@@ -3,23 +3,29 @@
 With the extension, a body is the JSON header (its length in `Inference-Header-Content-Length`)
 followed by each binary input's bytes, in input order; `binary_data_size` says how many belong to
 each. BYTES elements are a 4-byte little-endian length followed by the bytes. Every size a client
-states is checked against what is really there before anything is allocated from it.
+states is checked against what is really there before anything is allocated from it, and a
+shape's element count is compared with the bytes that carry its data (each element takes at least
+one) before any arithmetic on it can grow: no request makes the server build large integers.
 """
 
 from __future__ import annotations
 
 import math
+import re
 import struct
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
 import msgspec
 import numpy as np
 
+from batchserve.server.client_numbers import ascii_int, header_value
 from batchserve.server.v2.datatypes import BYTES, KNOWN, NUMPY_DTYPES
 from batchserve.server.v2.wire import (
+    MAX_RANK,
     InferenceRequest,
     InferenceResponse,
     RequestInput,
@@ -30,10 +36,8 @@ from batchserve.server.v2.wire import (
 from batchserve.serving.errors import InvalidRequest, PayloadTooLarge, UnsupportedMediaType
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
-MAX_DIM = 2**31 - 1
+HEADER_LENGTH_DIGITS = 20
 _LENGTH = struct.Struct("<I")
-# JSON data of a numeric tensor, by numpy kind: decoded straight into typed elements.
-_FLAT_LISTS: dict[str, Any] = {"b": list[bool], "f": list[float]}
 _encoder = msgspec.json.Encoder()
 
 
@@ -91,10 +95,9 @@ def header_length(raw: str | None, body_size: int) -> int | None:
     """The JSON header's length from `Inference-Header-Content-Length`; None: the body is all JSON."""
     if raw is None:
         return None
-    text = raw.strip()
-    if not text.isdigit():
-        raise InvalidRequest(f"{HEADER_LENGTH} must be a non-negative integer, not {raw!r}")
-    length = int(text)
+    length = ascii_int(header_value(raw), HEADER_LENGTH_DIGITS)
+    if length is None:
+        raise InvalidRequest(f"{HEADER_LENGTH} must be a non-negative integer in ASCII digits, not {raw[:40]!r}")
     if length == 0 or length > body_size:
         raise InvalidRequest(f"{HEADER_LENGTH} is {length} but the request body has {body_size} bytes")
     return length
@@ -119,7 +122,7 @@ def decode_request(body: bytes, header_length_value: str | None) -> DecodedReque
     tensors = []
     for item in request.inputs:
         where = f"input {item.name!r}"
-        shape = _shape(item)
+        _check_datatype(item)
         size = int_parameter(item.parameters, "binary_data_size", where)
         if size is not None:
             if length is None:
@@ -133,10 +136,10 @@ def decode_request(body: bytes, header_length_value: str | None) -> DecodedReque
                     f"binary_data_size values add up to at least {offset + size} bytes, but the body carries "
                     f"{len(binary)} bytes after the {length}-byte JSON header"
                 )
-            tensors.append(_from_binary(item, shape, binary[offset:offset + size]))
+            tensors.append(_from_binary(item, binary[offset:offset + size], len(body)))
             offset += size
         elif item.has_json_data:
-            tensors.append(_from_json(item, shape))
+            tensors.append(_from_json(item, len(body)))
         else:
             raise InvalidRequest(f"{where} has no data: give 'data' or a binary_data_size parameter")
     if offset != len(binary):
@@ -146,21 +149,38 @@ def decode_request(body: bytes, header_length_value: str | None) -> DecodedReque
     return DecodedRequest(request, tensors)
 
 
-def _shape(item: RequestInput) -> tuple[int, ...]:
+def _check_datatype(item: RequestInput) -> None:
     if item.datatype not in KNOWN:
-        raise InvalidRequest(f"input {item.name!r}: unknown datatype {item.datatype!r}")
-    for dim in item.shape:
-        if not 0 <= dim <= MAX_DIM:
-            raise InvalidRequest(f"input {item.name!r}: shape {item.shape} has a dimension outside 0..{MAX_DIM}")
-    return tuple(item.shape)
+        raise InvalidRequest(f"input {item.name!r}: unknown datatype {item.datatype[:40]!r}")
+
+
+def element_count(shape: Sequence[int], body_size: int, what: str) -> int:
+    """The product of `shape`, refused as soon as it passes `body_size`: every element takes at least
+    one byte of the body (in JSON or binary), so a larger count is a lie, and the product never
+    grows into a large integer."""
+    if len(shape) > MAX_RANK:
+        raise InvalidRequest(f"{what}: a shape has at most {MAX_RANK} dimensions, not {len(shape)}")
+    if 0 in shape:
+        return 0
+    count = 1
+    for dim in shape:
+        if dim < 0:
+            raise InvalidRequest(f"{what}: shape dimensions must be >= 0")
+        count *= dim
+        if count > body_size:
+            raise InvalidRequest(
+                f"{what}: the shape declares more elements than the {body_size}-byte request body can carry"
+            )
+    return count
 
 
 def _describe(item: RequestInput) -> str:
     return f"input {item.name!r} ({item.datatype} {list(item.shape)})"
 
 
-def _from_binary(item: RequestInput, shape: tuple[int, ...], data: memoryview) -> Tensor:
-    count = math.prod(shape)
+def _from_binary(item: RequestInput, data: memoryview, body_size: int) -> Tensor:
+    shape = tuple(item.shape)
+    count = element_count(shape, body_size, _describe(item))
     if item.datatype == BYTES:
         return Tensor(item.name, BYTES, shape, split_bytes_elements(data, count, _describe(item)), from_json=False)
     dtype = NUMPY_DTYPES[item.datatype]
@@ -197,32 +217,48 @@ def split_bytes_elements(data: memoryview | bytes, count: int, what: str) -> lis
     return items
 
 
-def _flatten(value: Any, out: list[Any]) -> None:
-    if isinstance(value, list):
-        for v in value:
-            _flatten(v, out)
-    else:
-        out.append(value)
+# JSON element type of a numeric tensor, by numpy kind.
+_ELEMENT_TYPES: dict[str, type] = {"b": bool, "f": float, "i": int, "u": int}
+# The opening brackets (and JSON whitespace) before the first element, up to one past MAX_RANK.
+_LEADING_BRACKETS = re.compile(rb"[ \t\r\n]*(?:\[[ \t\r\n]*){0,%d}" % (MAX_RANK + 1))
 
 
-def _from_json(item: RequestInput, shape: tuple[int, ...]) -> Tensor:
-    count = math.prod(shape)
+def _nesting(raw: bytes) -> int:
+    """How deeply `data` nests arrays, read from its leading brackets (the path to the first
+    element); counting stops past MAX_RANK, so a body of brackets costs nothing to refuse."""
+    match = _LEADING_BRACKETS.match(raw)
+    return match.group().count(b"[") if match else 0
+
+
+@cache
+def _nested_list(element: type, depth: int) -> Any:
+    """list[element] nested `depth` times: msgspec checks the structure and types while decoding."""
+    kind: Any = element
+    for _ in range(depth):
+        kind = list[kind]
+    return kind
+
+
+def _from_json(item: RequestInput, body_size: int) -> Tensor:
+    """Data flat (as clients send it) or nested as deeply as the shape at most, never deeper."""
+    shape = tuple(item.shape)
     what = _describe(item)
+    count = element_count(shape, body_size, what)
     raw = bytes(item.data)
+    depth = _nesting(raw)
+    if depth == 0:
+        raise InvalidRequest(f"{what}: data must be a JSON array")
+    if depth > max(1, len(shape)):
+        raise InvalidRequest(f"{what}: data nests arrays deeper than its {len(shape)}-dimensional shape")
     if item.datatype == BYTES:
-        flat: list[Any] = []
-        _flatten(decode_json(raw, Any, f"data of {what}"), flat)
-        if not all(isinstance(v, str) for v in flat):
-            raise InvalidRequest(f"{what}: JSON data elements must be strings")
-        if len(flat) != count:
-            raise InvalidRequest(f"{what}: data holds {len(flat)} elements but the shape says {count}")
-        return Tensor(item.name, BYTES, shape, [v.encode("utf-8") for v in flat], from_json=True)
+        values: Any = decode_json(raw, _nested_list(str, depth), f"data of {what}")
+        for _ in range(depth - 1):
+            values = [v for inner in values for v in inner]
+        if len(values) != count:
+            raise InvalidRequest(f"{what}: data holds {len(values)} elements but the shape says {count}")
+        return Tensor(item.name, BYTES, shape, [v.encode("utf-8") for v in values], from_json=True)
     dtype = NUMPY_DTYPES[item.datatype]
-    try:
-        # Flat data (what clients send) decodes straight into a typed list; nested data is allowed too.
-        values: Any = msgspec.json.decode(raw, type=_FLAT_LISTS.get(dtype.kind, list[int]))
-    except msgspec.ValidationError:
-        values = decode_json(raw, Any, f"data of {what}")
+    values = decode_json(raw, _nested_list(_ELEMENT_TYPES[dtype.kind], depth), f"data of {what}")
     try:
         array = np.asarray(values, dtype=dtype)
     except (TypeError, ValueError, OverflowError) as exc:

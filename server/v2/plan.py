@@ -22,6 +22,7 @@ from batchserve.serving.registry import LoadedModel
 
 IMAGE_INPUT = "image"
 PROBABILITIES_OUTPUT = "probabilities"
+MAX_TIMEOUT_US = 2**63 - 1  # Triton's own bound; the model's max_timeout_ms caps what is used
 
 
 def output_names(model: LoadedModel) -> tuple[str, str]:
@@ -49,9 +50,9 @@ def plan_request(decoded: DecodedRequest, model: LoadedModel, max_samples: int) 
     request = decoded.request
     binary_default = bool_parameter(request.parameters, "binary_data_output", "request") or False
     timeout_us = int_parameter(request.parameters, "timeout", "request")
-    if timeout_us is not None and timeout_us <= 0:
+    if timeout_us is not None and not 0 < timeout_us <= MAX_TIMEOUT_US:
         raise InvalidRequest(
-            f"request: parameter 'timeout' must be a positive number of microseconds, not {timeout_us}"
+            f"request: parameter 'timeout' must be a positive number of microseconds up to {MAX_TIMEOUT_US}"
         )
     return Plan(
         count=count, tensor=tensor, images=images,

@@ -6,18 +6,30 @@ decoded into the right element type without building a generic Python tree for l
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
 from batchserve.serving.errors import InvalidRequest
 
+MAX_RANK = 8
+"""Dimensions a tensor may have: this server's inputs have 1 to 4; the bound stops a shape of tens
+of thousands of dimensions from costing anything before it is refused."""
+MAX_DIM = 2**31 - 1
+
+Dim = Annotated[int, msgspec.Meta(ge=0, le=MAX_DIM)]
+Shape = Annotated[list[Dim], msgspec.Meta(max_length=MAX_RANK)]
+# The protocol's parameter values are strings, numbers and booleans; typing them so means a
+# parameter cannot carry a nested structure to walk.
+ParameterValue = str | int | float | bool | None
+Parameters = dict[str, ParameterValue]
+
 
 class RequestInput(msgspec.Struct):
     name: str
-    shape: list[int]
+    shape: Shape
     datatype: str
-    parameters: dict[str, Any] = {}
+    parameters: Parameters = {}
     data: msgspec.Raw = msgspec.Raw()
 
     @property
@@ -27,14 +39,14 @@ class RequestInput(msgspec.Struct):
 
 class RequestOutput(msgspec.Struct):
     name: str
-    parameters: dict[str, Any] = {}
+    parameters: Parameters = {}
 
 
 class InferenceRequest(msgspec.Struct):
     inputs: list[RequestInput]
     id: str | None = None
     outputs: list[RequestOutput] | None = None
-    parameters: dict[str, Any] = {}
+    parameters: Parameters = {}
 
 
 class ResponseOutput(msgspec.Struct, omit_defaults=True):
@@ -74,9 +86,11 @@ def decode_json(raw: bytes | memoryview, into: Any, what: str) -> Any:
         raise InvalidRequest(f"invalid {what}: {exc}") from None
     except msgspec.DecodeError as exc:
         raise InvalidRequest(f"{what} is not valid JSON: {exc}") from None
+    except RecursionError:  # msgspec stops at the interpreter's recursion limit; the input is hostile
+        raise InvalidRequest(f"{what} nests JSON arrays or objects too deeply") from None
 
 
-def int_parameter(parameters: dict[str, Any], key: str, where: str) -> int | None:
+def int_parameter(parameters: Parameters, key: str, where: str) -> int | None:
     """An integer parameter, or None when absent. JSON booleans are not integers here."""
     if key not in parameters:
         return None
@@ -86,7 +100,7 @@ def int_parameter(parameters: dict[str, Any], key: str, where: str) -> int | Non
     return value
 
 
-def bool_parameter(parameters: dict[str, Any], key: str, where: str) -> bool | None:
+def bool_parameter(parameters: Parameters, key: str, where: str) -> bool | None:
     if key not in parameters:
         return None
     value = parameters[key]

@@ -109,3 +109,11 @@ def test_a_build_refuses_a_bad_builder_or_labels(tmp_path: Path, text: str, mess
         build_model("my-model", tmp_path, progress=lambda _msg: None)
     assert str(config) in str(caught.value)
     assert not (config.parent / "1").exists()
+
+
+def test_only_ascii_digit_directories_are_versions(tmp_path: Path) -> None:
+    spec = parse_model_config(write(tmp_path, ""))
+    for name in ("1", "12", "¹", "٣", "latest"):  # superscript one and Arabic-Indic three pass str.isdigit()
+        (spec.directory / name).mkdir()
+        (spec.directory / name / "model.onnx").write_bytes(b"")
+    assert spec.built_versions() == [1, 12]
