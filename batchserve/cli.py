@@ -11,6 +11,7 @@ import sys
 
 from batchserve.deploy import cli as deploy_commands
 from batchserve.events import commands as events_commands
+from batchserve.jobs import commands as queue_commands
 from batchserve.loadtest import commands as loadtest_commands
 from batchserve.model_repo import commands as model_commands
 from batchserve.server import cli as serve_command
@@ -28,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     events_commands.register(sub)  # db upgrade, stats
     loadtest_commands.register(sub)  # loadtest, bench
     deploy_commands.register(sub)  # deploy aws, deploy gcp
+    queue_commands.register(sub)  # queue up|down|status|redrive, worker
     return parser
 
 

@@ -6,7 +6,6 @@ Litestar's own 404/405 included, gets the `X-Request-ID` header.
 
 from __future__ import annotations
 
-import contextvars
 import hashlib
 import re
 import uuid
@@ -15,9 +14,9 @@ from typing import Any
 from litestar.types import Message, Receive, Scope, Send
 
 from batchserve.server.http_middleware import HttpMiddleware
+from batchserve.serving.logs import current_request_id
 from batchserve.serving.recording import Caller
 
-current_request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 ANONYMOUS = "anonymous"
 

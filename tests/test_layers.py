@@ -30,10 +30,12 @@ ALLOWED = {
     "server": {"serving", "batching", "model_repo", "events", "client"},
     "loadtest": {"batching", "model_repo", "server", "serving", "client"},
     "deploy": set(),
+    "jobs": {"serving", "events", "model_repo", "batching", "client"},
 }
 COMMAND_MODULES = {
     "batchserve.server.cli", "batchserve.model_repo.commands", "batchserve.server.model_control",
     "batchserve.events.commands", "batchserve.loadtest.commands", "batchserve.deploy.cli",
+    "batchserve.jobs.commands",
 }
 
 

@@ -1,13 +1,18 @@
-"""Logging set-up: text for people, JSON lines for log shippers; every line names its request."""
+"""Logging set-up of every long-running command (the server, the queue worker): text for people,
+JSON lines for log shippers; every line names the request it concerns."""
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import sys
 import time
+from collections.abc import Iterable
 
-from batchserve.server.request_context import current_request_id
+# Set by whatever front end handles a request (HTTP middleware, queue message handler).
+current_request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+QUIET_LOGGERS = ("aiobotocore", "botocore", "aioboto3", "urllib3")
 
 
 class _RequestIdFilter(logging.Filter):
@@ -30,7 +35,8 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
-def setup_logging(level: str = "info", fmt: str = "text") -> None:
+def setup_logging(level: str = "info", fmt: str = "text", *, quiet: Iterable[str] = ()) -> None:
+    """One stderr handler for the whole process; `quiet` loggers (and the AWS SDK's) log warnings only."""
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(_RequestIdFilter())
     if fmt == "json":
@@ -40,5 +46,5 @@ def setup_logging(level: str = "info", fmt: str = "text") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for noisy in ("uvicorn.access", "aiobotocore", "botocore"):
+    for noisy in (*QUIET_LOGGERS, *quiet):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -1,0 +1,119 @@
+"""Sending response messages: to the request's reply queue when it names one, else NAME-responses.
+
+A worker answers many messages at once, so responses to one queue go out together, up to ten per
+SendMessageBatch call. As the batcher does with images, a response is sent at once when no send to
+its queue is under way, and otherwise joins the next batch: a lone answer waits for nothing, and
+under load batches fill by themselves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from batchserve.jobs.aws import AwsClients, is_missing
+from batchserve.jobs.backoff import retrying
+from batchserve.jobs.config import MAX_RECEIVE_MESSAGES, ResourceNames
+from batchserve.jobs.errors import InvalidReplyQueue
+
+log = logging.getLogger("batchserve.worker")
+
+# Sends under way to one queue at once; more responses wait and go out together.
+SENDS_PER_QUEUE = 2
+# SQS caps a batch at 256 KiB of bodies; a response is about 1 KB (up to ~70 KB with every class).
+MAX_BATCH_BYTES = 240 * 1024
+
+
+class ReplyQueueGone(Exception):
+    """The reply queue was deleted (its web instance stopped): nobody waits for this answer."""
+
+
+@dataclass
+class _Lane:
+    """The responses waiting for one queue, and how many sends to it are under way."""
+
+    waiting: deque[tuple[str, asyncio.Future[None]]] = field(default_factory=deque)
+    sending: int = 0
+
+
+class Responder:
+    def __init__(self, aws: AwsClients, names: ResourceNames, responses_url: str,
+                 keep_trying: Callable[[], bool]) -> None:
+        self.aws = aws
+        self.names = names
+        self.responses_url = responses_url
+        self.keep_trying = keep_trying
+        self._urls: dict[str, str] = {}
+        self._lanes: dict[str, _Lane] = {}
+        self._flushes: set[asyncio.Task[None]] = set()
+
+    async def destination(self, reply_to: str | None) -> str | None:
+        """The URL to answer on: NAME-responses, or the reply queue `reply_to` names (a queue URL or
+        name of this deployment's NAME-reply-*); None when that reply queue no longer exists."""
+        if reply_to is None:
+            return self.responses_url
+        name = reply_to.rstrip("/").rsplit("/", 1)[-1]
+        if not name.startswith(self.names.reply_prefix) or name == self.names.reply_prefix:
+            raise InvalidReplyQueue(f"reply_to must name a queue {self.names.reply_prefix}<id>, not {reply_to!r}")
+        if name not in self._urls:
+            try:
+                answer = await retrying(lambda: self.aws.sqs.get_queue_url(QueueName=name), f"finding queue {name}",
+                                        log, self.keep_trying)
+            except Exception as exc:
+                if is_missing(exc):
+                    return None
+                raise
+            self._urls[name] = str(answer["QueueUrl"])
+        return self._urls[name]
+
+    async def send(self, url: str, body: str) -> None:
+        """Send `body` to the queue at `url` (batched with other responses to it). Raises
+        ReplyQueueGone when the queue no longer exists, GaveUp when SQS stayed away until shutdown."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        lane = self._lanes.setdefault(url, _Lane())
+        lane.waiting.append((body, done))
+        self._pump(url, lane)
+        await done
+
+    def _pump(self, url: str, lane: _Lane) -> None:
+        while lane.waiting and lane.sending < SENDS_PER_QUEUE:
+            batch: list[tuple[str, asyncio.Future[None]]] = []
+            size = 0
+            while lane.waiting and len(batch) < MAX_RECEIVE_MESSAGES and (
+                    not batch or size + len(lane.waiting[0][0]) <= MAX_BATCH_BYTES):
+                size += len(lane.waiting[0][0])
+                batch.append(lane.waiting.popleft())
+            lane.sending += 1
+            task = asyncio.get_running_loop().create_task(self._send_batch(url, batch))
+            self._flushes.add(task)
+            task.add_done_callback(functools.partial(self._sent, url, lane))
+
+    def _sent(self, url: str, lane: _Lane, task: asyncio.Task[None]) -> None:
+        self._flushes.discard(task)
+        lane.sending -= 1
+        self._pump(url, lane)
+
+    async def _send_batch(self, url: str, batch: list[tuple[str, asyncio.Future[None]]]) -> None:
+        entries = [{"Id": str(i), "MessageBody": body} for i, (body, _) in enumerate(batch)]
+        try:
+            answer = await retrying(lambda: self.aws.sqs.send_message_batch(QueueUrl=url, Entries=entries),
+                                    "sending responses", log, self.keep_trying)
+        except Exception as exc:  # noqa: BLE001 - every waiting answer gets the failure
+            failure: BaseException = ReplyQueueGone(url) if is_missing(exc) else exc
+            for _, done in batch:
+                if not done.done():
+                    done.set_exception(failure)
+            return
+        failed = {f["Id"]: f for f in answer.get("Failed", [])}
+        for i, (_, done) in enumerate(batch):
+            if done.done():
+                continue
+            problem = failed.get(str(i))
+            if problem is None:
+                done.set_result(None)
+            else:
+                done.set_exception(RuntimeError(f"SQS refused a response: {problem.get('Message')}"))
