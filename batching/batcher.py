@@ -109,6 +109,15 @@ class Batcher(Generic[T, R]):
             inflight_batches=len(self._running),
         )
 
+    def refusal(self, size: int = 1) -> QueueFull | None:
+        """The :class:`QueueFull` that submitting ``size`` items now would raise, or None when they fit.
+
+        Costs two comparisons while there is room, so a front end can ask before every request and
+        refuse one that could not be queued before doing any work on it (reading, decoding)."""
+        if self._queue.samples + size <= self._config.max_queue_size:
+            return None
+        return self._queue_full(size)
+
     def start(self) -> None:
         """Bind the batcher to the running event loop. Idempotent; ``submit()`` calls it when needed."""
         loop = asyncio.get_running_loop()

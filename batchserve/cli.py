@@ -16,6 +16,7 @@ from batchserve.loadtest import commands as loadtest_commands
 from batchserve.model_repo import commands as model_commands
 from batchserve.server import cli as serve_command
 from batchserve.server import model_control
+from batchserve.server.auth import commands as key_commands
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     model_commands.register(models_sub)  # models build, models list
     model_control.register(models_sub)  # models load, models unload
     events_commands.register(sub)  # db upgrade, stats
+    key_commands.register(sub)  # keys create, keys list, keys revoke
     loadtest_commands.register(sub)  # loadtest, bench
     deploy_commands.register(sub)  # deploy aws, deploy gcp
     queue_commands.register(sub)  # queue up|down|status|redrive, worker

@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["HttpError", "NotJson", "Unreachable", "request_json"]
+__all__ = ["API_KEY_ENV", "HttpError", "NotJson", "Unreachable", "api_key_headers", "request_json", "resolve_api_key"]
+
+# Every tool that talks to a server takes --api-key, or this variable.
+API_KEY_ENV = "BATCHSERVE_API_KEY"
 
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 _EXCERPT = 500  # characters of a body that is not a JSON error, enough to recognise a proxy's or gateway's page
@@ -46,6 +50,18 @@ class Unreachable(HttpError):
 
 class NotJson(HttpError):
     """A success status with a body that is not JSON: something other than the server answered."""
+
+
+def resolve_api_key(flag: str | None, environ: Mapping[str, str] | None = None) -> str | None:
+    """The key a tool sends: its --api-key flag, else BATCHSERVE_API_KEY, else none."""
+    if flag:
+        return flag
+    return (os.environ if environ is None else environ).get(API_KEY_ENV) or None
+
+
+def api_key_headers(api_key: str | None) -> dict[str, str]:
+    """The header that carries an API key (none without a key)."""
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
 
 def request_json(

@@ -9,7 +9,8 @@ within seconds, so only measurements taken next to each other compare):
       server's median latency against one image's in-process latency;
   (d) a server with the simulated accelerator (`--simulate-model A+B`), as a fraction of its
       theoretical maximum max_batch / (A + B * max_batch).
-Medians go to a table and, with every sample, to JSON (--json).
+Medians go to a table and, with every sample, to JSON (--json). `--overload` measures what the
+server does with more work than it can take instead (see bench_overload.py).
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ class BenchSettings:
             raise ValueError(f"--client must be auto, wrk or aiohttp, not {self.client!r}")
 
 
-def _model_info(server: ServerProcess, name: str) -> dict[str, Any]:
+def model_info(server: ServerProcess, name: str) -> dict[str, Any]:
     try:
         return request_json(f"{server.url}/v1/models/{name}", timeout=10)["versions"][-1]
     except HttpError as exc:
@@ -91,7 +92,7 @@ def content_type(path: Path) -> str:
     return guessed if guessed and guessed.startswith("image/") else "application/octet-stream"
 
 
-def _wait_idle(server: ServerProcess, model: str, timeout: float = 120.0, quiet_s: float = 0.5) -> None:
+def wait_idle(server: ServerProcess, model: str, timeout: float = 120.0, quiet_s: float = 0.5) -> None:
     """Block until the server has had no queued or running batch, and no new submission, for
     `quiet_s`. A closed-loop client stops sending when its time is up, but the requests it left
     in the server still decode and run; measuring the next thing while they do would charge
@@ -100,7 +101,7 @@ def _wait_idle(server: ServerProcess, model: str, timeout: float = 120.0, quiet_
     deadline = time.monotonic() + timeout
     last_total, quiet_since = -1, time.monotonic()
     while time.monotonic() < deadline:
-        stats = _model_info(server, model)["stats"]
+        stats = model_info(server, model)["stats"]
         now = time.monotonic()
         if stats["queue_depth"] or stats["inflight_batches"] or stats["requests_total"] != last_total:
             last_total, quiet_since = stats["requests_total"], now
@@ -127,7 +128,7 @@ def _round(settings: BenchSettings, inproc: InProcess, server: ServerProcess, si
             samples.single_ms.append(inproc.single_latency(d).p50_ms)
         result = run_load(server.url + f"/v1/classify?model={settings.model}", image, content_type(image), c, d,
                           settings.client)
-        _wait_idle(server, settings.model)
+        wait_idle(server, settings.model)
         samples.server.setdefault(c, []).append(result)
         say(f"  c={c:>3}: limit {limit:8.1f} img/s (batch {best}), server {result.ok_per_second:8.1f} img/s, "
             f"p50 {result.p50_ms or 0:.1f} ms, errors {result.errors}")
@@ -135,7 +136,7 @@ def _round(settings: BenchSettings, inproc: InProcess, server: ServerProcess, si
         for c in settings.concurrency:
             result = run_load(sim.url + "/v1/classify?model=simulated", sim_image, content_type(sim_image), c, d,
                               settings.client)
-            _wait_idle(sim, "simulated")
+            wait_idle(sim, "simulated")
             samples.simulated.setdefault(c, []).append(result)
             say(f"  simulated c={c:>3}: {result.ok_per_second:8.1f} img/s, p50 {result.p50_ms or 0:.1f} ms")
 
@@ -163,13 +164,13 @@ def run_bench(settings: BenchSettings, say: Callable[[str], None] = lambda _: No
             sim = start_server(["--simulate-model", settings.simulate_cost or "", "--no-events"], log_dir=scratch)
             servers.append(sim)
         info: dict[str, Any] = {"machine": machine(), "client": client}
-        model = _model_info(server, settings.model)
+        model = model_info(server, settings.model)
         info["model"] = {"name": settings.model, "providers": model["execution_providers"],
                          "in_process_providers": inproc.providers,
                          "max_batch_size": model["batching"]["max_batch_size"],
                          "max_inflight_batches": model["batching"]["max_inflight_batches"]}
         if sim is not None and cost is not None:
-            max_batch = int(_model_info(sim, "simulated")["batching"]["max_batch_size"])
+            max_batch = int(model_info(sim, "simulated")["batching"]["max_batch_size"])
             info["simulated"] = {"cost_ms": str(cost), "max_batch_size": max_batch, "image": str(sim_image),
                                  "image_bytes": sim_image.stat().st_size,
                                  "theoretical_images_per_s": cost.max_throughput(max_batch)}
@@ -179,7 +180,7 @@ def run_bench(settings: BenchSettings, say: Callable[[str], None] = lambda _: No
             model_name, body = (settings.model, settings.image) if target is server else ("simulated", sim_image)
             run_load(f"{target.url}/v1/classify?model={model_name}", body, content_type(body),
                      max(settings.concurrency), 1.0, client)
-            _wait_idle(target, model_name)
+            wait_idle(target, model_name)
         samples = Samples()
         for r in range(settings.repeats):
             say(f"round {r + 1} of {settings.repeats}")
@@ -221,11 +222,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--client", choices=("auto", "wrk", "aiohttp"), default=d.client,
                         help="load client (auto: wrk when installed)")
     parser.add_argument("--json", type=Path, default=None, dest="json_out", help="write the full results here")
+    from batchserve.loadtest.bench_overload import add_arguments as add_overload_arguments
+
+    add_overload_arguments(parser)
 
 
 def run_from_args(args: argparse.Namespace) -> int:
     from batchserve.batching.cost import CostModel
 
+    if args.overload:
+        from batchserve.loadtest.bench_overload import run_from_args as run_overload
+
+        return run_overload(args)
     try:
         settings = BenchSettings(
             duration=args.duration, repeats=args.repeats, concurrency=args.concurrency,

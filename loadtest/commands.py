@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from batchserve.client.http import API_KEY_ENV, resolve_api_key
 from batchserve.loadtest.samples import SAMPLE_IMAGES
 from batchserve.loadtest.targets import DEFAULT_TARGETS, TargetsError, parse_duration
 
@@ -59,7 +60,7 @@ def _loadtest(args: argparse.Namespace) -> int:
     options = LoadTestOptions(
         url=args.url, profile=args.profile, targets=args.targets, out=args.out or default_out(args.profile),
         users=args.users, spawn_rate=args.spawn_rate, duration_s=args.duration, model=args.model,
-        images=args.images,
+        images=args.images, api_key=resolve_api_key(args.api_key),
     )
     try:
         url = check_url(options.url)
@@ -99,6 +100,7 @@ def register(subparsers: Any) -> None:
     loadtest.add_argument("--images", type=Path, default=SAMPLE_IMAGES,
                           help="folder of images to send (default: the shipped sample photos)")
     loadtest.add_argument("--out", type=Path, default=None, help="output folder (default out/loadtest/PROFILE-TIME)")
+    loadtest.add_argument("--api-key", default=None, help=f"API key the users send (env {API_KEY_ENV})")
     loadtest.set_defaults(func=_loadtest)
 
     from batchserve.loadtest.bench import add_arguments

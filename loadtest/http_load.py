@@ -46,13 +46,15 @@ class LoadResult:
     p95_ms: float | None
     p99_ms: float | None
     mean_ms: float | None
+    statuses: dict[str, int] | None = None
+    """Answers by kind (200, 503 overloaded, other 503, other 5xx, 4xx), when counted (wrk only)."""
 
     @property
     def ok_per_second(self) -> float:
         return (self.requests - self.http_errors) / self.seconds if self.seconds > 0 else 0.0
 
 
-def parse_result(output: str, client: str, concurrency: int) -> LoadResult:
+def parse_result(output: str, client: str, concurrency: int, count_statuses: bool = False) -> LoadResult:
     line = next((ln for ln in reversed(output.splitlines()) if ln.startswith(MARKER)), None)
     if line is None:
         raise LoadClientError(f"{client} printed no result line; its output was:\n{output[-2000:]}")
@@ -76,6 +78,7 @@ def parse_result(output: str, client: str, concurrency: int) -> LoadResult:
         p95_ms=ms("p95"),
         p99_ms=ms("p99"),
         mean_ms=ms("mean"),
+        statuses=raw.get("statuses") if count_statuses else None,
     )
 
 
@@ -83,13 +86,15 @@ def wrk_available() -> bool:
     return shutil.which("wrk") is not None
 
 
-def run_wrk(url: str, body: Path, content_type: str, concurrency: int, duration: float) -> LoadResult:
+def run_wrk(url: str, body: Path, content_type: str, concurrency: int, duration: float,
+            count_statuses: bool = False) -> LoadResult:
+    """With `count_statuses`, answers are also counted by kind (wrk then parses every response's headers)."""
     seconds = max(1, math.ceil(duration))  # wrk takes whole seconds
     command = [
         "wrk", "-t1", f"-c{concurrency}", f"-d{seconds}s", f"--timeout={int(REQUEST_TIMEOUT_S)}s",
-        "-s", str(WRK_SCRIPT), url, "--", str(body), content_type,
+        "-s", str(WRK_SCRIPT), url, "--", str(body), content_type, *(["statuses"] if count_statuses else []),
     ]
-    return _run(command, "wrk", concurrency, seconds)
+    return _run(command, "wrk", concurrency, seconds, count_statuses)
 
 
 def run_aiohttp(url: str, body: Path, content_type: str, concurrency: int, duration: float) -> LoadResult:
@@ -98,7 +103,8 @@ def run_aiohttp(url: str, body: Path, content_type: str, concurrency: int, durat
     return _run(command, "aiohttp", concurrency, duration)
 
 
-def _run(command: list[str], client: str, concurrency: int, duration: float) -> LoadResult:
+def _run(command: list[str], client: str, concurrency: int, duration: float,
+         count_statuses: bool = False) -> LoadResult:
     try:
         proc = subprocess.run(command, capture_output=True, text=True, check=False,
                               timeout=duration + REQUEST_TIMEOUT_S + 30)
@@ -108,7 +114,7 @@ def _run(command: list[str], client: str, concurrency: int, duration: float) -> 
         raise LoadClientError(f"cannot run {client}: {exc}") from None
     if proc.returncode != 0:
         raise LoadClientError(f"{client} exited with status {proc.returncode}:\n{(proc.stdout + proc.stderr)[-2000:]}")
-    return parse_result(proc.stdout, client, concurrency)
+    return parse_result(proc.stdout, client, concurrency, count_statuses)
 
 
 def run_load(url: str, body: Path, content_type: str, concurrency: int, duration: float, client: str) -> LoadResult:

@@ -23,6 +23,7 @@ from batchserve.loadtest.targets import Profile, load_profile
 
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
 START_GRACE_S = 60.0  # Locust's own start-up and shutdown, on top of the run time
+LOCUST_API_KEY_ENV = "BATCHSERVE_LOADTEST_API_KEY"  # read by locustfile.py (which imports nothing of batchserve)
 
 EXIT_PASS, EXIT_MISSED, EXIT_USAGE, EXIT_LOCUST = 0, 1, 2, 3
 
@@ -42,6 +43,7 @@ class LoadTestOptions:
     duration_s: float | None = None
     model: str | None = None
     images: Path = SAMPLE_IMAGES
+    api_key: str | None = None
 
 
 @dataclass(frozen=True)
@@ -102,7 +104,7 @@ def locust_command(profile: Profile, url: str, csv_prefix: Path, images: Path) -
     return [*command, profile.user_class]
 
 
-def run_locust(profile: Profile, url: str, out: Path, images: Path) -> Path:
+def run_locust(profile: Profile, url: str, out: Path, images: Path, api_key: str | None = None) -> Path:
     """Run Locust to completion; returns the stats CSV. The log goes to `out/locust.log`."""
     out = out.resolve()  # Locust runs with the output folder as its working directory
     out.mkdir(parents=True, exist_ok=True)
@@ -114,6 +116,8 @@ def run_locust(profile: Profile, url: str, out: Path, images: Path) -> Path:
     # Locust reads a locust.conf or pyproject [tool.locust] in its working directory: run it in
     # the output folder so nothing but these flags configures the run.
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    if api_key:
+        env[LOCUST_API_KEY_ENV] = api_key  # the environment, not argv: a key on a command line shows in `ps`
     with log_path.open("wb") as log:
         try:
             proc = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, cwd=out, env=env,
@@ -136,7 +140,7 @@ def _tail(path: Path, lines: int = 15) -> str:
 def run_loadtest(options: LoadTestOptions) -> LoadTestResult:
     url = check_url(options.url)
     profile = resolve_profile(options)
-    stats_csv = run_locust(profile, url, options.out, options.images)
+    stats_csv = run_locust(profile, url, options.out, options.images, options.api_key)
     summary_json = stats_csv.with_name("locust_summary.json")
     try:
         measured = read_summary(summary_json) if summary_json.exists() else read_stats(stats_csv)

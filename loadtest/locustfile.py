@@ -11,7 +11,8 @@ talks to the server over HTTP only.
 Options (each also read from an environment variable):
   --images DIR        folder of images to send (BATCHSERVE_LOADTEST_IMAGES; default: the sample photos)
   --model NAME        `model` query parameter (BATCHSERVE_LOADTEST_MODEL; default: the server's default)
-  X-API-Key           sent when BATCHSERVE_LOADTEST_API_KEY is set (the server attributes events to it)
+  Authorization       `Bearer KEY` when BATCHSERVE_LOADTEST_API_KEY (or BATCHSERVE_API_KEY) is set; `batchserve
+                      loadtest --api-key KEY` sets the former
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from locust.contrib.fasthttp import FastHttpUser
 # batchserve.loadtest.samples.SAMPLE_IMAGES, found from this file because it imports nothing of
 # batchserve (see above); `batchserve loadtest` passes --images explicitly.
 DEFAULT_IMAGES = Path(__file__).resolve().parent / "sample_images"
-API_KEY_ENV = "BATCHSERVE_LOADTEST_API_KEY"
+API_KEY_ENVS = ("BATCHSERVE_LOADTEST_API_KEY", "BATCHSERVE_API_KEY")
 IMAGE_SUFFIXES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".webp": "image/webp",
                   ".gif": "image/gif", ".bmp": "image/bmp", ".tif": "image/tiff", ".tiff": "image/tiff"}
 MULTIPART_FILES = (2, 5)  # files per multipart request, inclusive range
@@ -136,8 +137,9 @@ class ClassifyUser(FastHttpUser):
         model = getattr(options, "model", "") or ""
         self.path = "/v1/classify" + (f"?model={model}" if model else "")
         self.headers: dict[str, str] = {}
-        if os.environ.get(API_KEY_ENV):
-            self.headers["X-API-Key"] = os.environ[API_KEY_ENV]
+        api_key = next((os.environ[name] for name in API_KEY_ENVS if os.environ.get(name)), None)
+        if api_key:
+            self.headers["Authorization"] = f"Bearer {api_key}"
         # Users start at different points of the image list so concurrent requests differ.
         self.cycle = itertools.islice(itertools.cycle(self.images), random.randrange(len(self.images)), None)
 

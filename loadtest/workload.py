@@ -1,6 +1,6 @@
 """The acceptance workload: N labelled photos sent at once, every answer checked.
 
-    python loadtest/workload.py --url http://127.0.0.1:8000 [-n 50] [--images DIR] [--model NAME]
+    python loadtest/workload.py --url http://127.0.0.1:8000 [-n 50] [--images DIR] [--model NAME] [--api-key KEY]
 
 Sends N single-image requests concurrently (cycling through the images listed in the folder's
 manifest.toml), checks each answer against the manifest's expected classes and prints the
@@ -28,6 +28,7 @@ from urllib.parse import urlsplit
 import httpx
 import msgspec
 
+from batchserve.client.http import API_KEY_ENV, api_key_headers, resolve_api_key
 from batchserve.loadtest.samples import SAMPLE_IMAGES
 
 CONTENT_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".webp": "image/webp",
@@ -133,12 +134,14 @@ async def _classify(client: httpx.AsyncClient, url: str, image: LabelledImage, p
     return Outcome(image.name, True, correct, "" if correct else f"predicted {ranked}")
 
 
-async def run(url: str, images: list[LabelledImage], n: int, model: str | None, timeout: float) -> list[Outcome]:
+async def run(url: str, images: list[LabelledImage], n: int, model: str | None, timeout: float,
+              api_key: str | None = None) -> list[Outcome]:
     """All N requests at once, on N connections; each bounded by `timeout` seconds."""
     params = {"model": model} if model else {}
     limits = httpx.Limits(max_connections=n, max_keepalive_connections=n)
     # trust_env=False: the server is addressed directly, never through a proxy from the environment.
-    async with httpx.AsyncClient(timeout=httpx.Timeout(timeout), limits=limits, trust_env=False) as client:
+    async with httpx.AsyncClient(timeout=httpx.Timeout(timeout), limits=limits, trust_env=False,
+                                 headers=api_key_headers(api_key)) as client:
         batch = itertools.islice(itertools.cycle(images), n)
         return await asyncio.gather(*(_classify(client, url + "/v1/classify", im, params, timeout) for im in batch))
 
@@ -170,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="folder with manifest.toml (default: the shipped sample photos)")
     parser.add_argument("--model", default=None, help="model query parameter (default: the server's default)")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds allowed per request (default 60)")
+    parser.add_argument("--api-key", default=None, help=f"API key to send (env {API_KEY_ENV})")
     args = parser.parse_args(argv)
     parts = urlsplit(args.url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -182,7 +186,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"workload: {exc}", file=sys.stderr)
         return 2
     started = time.perf_counter()
-    outcomes = asyncio.run(run(args.url.rstrip("/"), images, args.n, args.model, args.timeout))
+    outcomes = asyncio.run(run(args.url.rstrip("/"), images, args.n, args.model, args.timeout,
+                               resolve_api_key(args.api_key)))
     print(report(outcomes, time.perf_counter() - started))
     return 0 if all(o.ok and o.correct for o in outcomes) else 1
 

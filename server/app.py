@@ -13,6 +13,9 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 
 from batchserve import __version__
+from batchserve.server.admission import AdmissionMiddleware
+from batchserve.server.auth.gatekeeper import Gatekeeper
+from batchserve.server.auth.policy import AccessPolicy
 from batchserve.server.cloudwatch import emf_lifespan
 from batchserve.server.config import ServerConfig
 from batchserve.server.errors import fallback_exception_handler
@@ -26,16 +29,19 @@ from batchserve.server.routes.stats import stats
 from batchserve.server.routes.v1 import ClassifyController
 from batchserve.server.routes.v2 import V2Controller
 from batchserve.server.state import AppState
-from batchserve.server.ui import template_config, ui_route_handlers
+from batchserve.server.ui import PAGE_PATHS, STATIC_PREFIX, template_config, ui_route_handlers
 from batchserve.serving.core import Serving
+from batchserve.serving.pressure import Bound
 
 log = logging.getLogger("batchserve.app")
+SCHEMA_PATH = "/schema"
 
 
 def build_state(config: ServerConfig) -> AppState:
     metrics = Metrics()
     serving = Serving.build(config.serving, config.events, retire_grace_s=config.lifecycle.shutdown_grace,
                             on_batch=metrics.observe_batch)
+    serving.classifier.pending_decodes = Bound(config.admission.max_pending_decodes)
     state = AppState(config=config, serving=serving, metrics=metrics)
     metrics.watch(state)
     return state
@@ -79,6 +85,7 @@ def make_lifespan(
 
 def create_app(config: ServerConfig, *, load_in_background: bool = False, state: AppState | None = None) -> Litestar:
     state = state or build_state(config)
+    gatekeeper = Gatekeeper(config, AccessPolicy(PAGE_PATHS, SCHEMA_PATH, STATIC_PREFIX))
     app = Litestar(
         route_handlers=[ClassifyController, V2Controller, RepositoryController, metrics_route, stats, healthz, readyz,
                         *ui_route_handlers()],
@@ -86,18 +93,26 @@ def create_app(config: ServerConfig, *, load_in_background: bool = False, state:
         dependencies={"app_state": Provide(lambda: state, use_cache=True, sync_to_thread=False)},
         # Route families render their own errors (see server/errors.py); this answers the rest.
         exception_handlers={Exception: fallback_exception_handler},
-        lifespan=[make_lifespan(state, load_in_background=load_in_background),
+        lifespan=[gatekeeper.lifespan(), make_lifespan(state, load_in_background=load_in_background),
                   *([emf_lifespan(state)] if config.cloudwatch.cloudwatch_emf else [])],
         request_max_body_size=config.limits.max_body_bytes,
         multipart_form_part_limit=config.limits.max_images_per_request + 16,
         openapi_config=OpenAPIConfig(
-            title="batchserve", version=__version__, path="/schema", render_plugins=[SwaggerRenderPlugin()],
+            title="batchserve", version=__version__, path=SCHEMA_PATH, render_plugins=[SwaggerRenderPlugin()],
             description="Dynamically batched image classification (ONNX Runtime).",
         ),
         debug=False,
-        logging_config=None,  # server.logs owns logging; Litestar would install its own handlers
+        logging_config=None,  # serving.logs owns logging; Litestar would install its own handlers
     )
     app.state["app_state"] = state
+    app.state["gatekeeper"] = gatekeeper
+    gatekeeper.describe(app)
+    if state.metrics is not None:
+        gatekeeper.watch(state.metrics.registry)
+    # Innermost of the wrappers: it refuses before routing and before the body is read.
+    app.asgi_handler = AdmissionMiddleware(app.asgi_handler, state)
+    # Keys and rate limits before admission: a caller without a valid key takes no admission slot.
+    app.asgi_handler = gatekeeper.guard(app.asgi_handler, app.asgi_router, state.serving.recorder)
     # Outside routing, so unmatched paths are counted too; leases wrap metrics, which read them.
     if state.metrics is not None:
         app.asgi_handler = HttpMetricsMiddleware(app.asgi_handler, state.metrics)

@@ -10,24 +10,41 @@ Precedence: CLI flag > environment > model config.toml > built-in default.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 from batchserve.events.config import EventsConfig
 from batchserve.serving.config import ServingConfig
+from batchserve.serving.pressure import MAX_PENDING_DECODES
 
 LogLevel = Literal["debug", "info", "warning", "error", "critical"]
 LogFormat = Literal["text", "json"]
 ModelControl = Literal["none", "explicit"]
+AuthMode = Literal["off", "required"]
 
 
 @dataclass(frozen=True)
 class ListenConfig:
     host: str = field(default="127.0.0.1", metadata={"help": "interface to listen on"})
     port: int = field(default=8000, metadata={"help": "TCP port; $PORT is used when neither flag nor env sets it"})
+    metrics_port: int | None = field(
+        default=None,
+        metadata={"help": "second listener serving /metrics alone, without auth, for a private network's scrapers"},
+    )
+    ssl_certfile: Path | None = field(
+        default=None, metadata={"help": "PEM certificate (chain): serve HTTPS instead of HTTP (with --ssl-keyfile)"}
+    )
+    ssl_keyfile: Path | None = field(default=None, metadata={"help": "PEM private key of --ssl-certfile"})
 
     def __post_init__(self) -> None:
-        if not 0 <= self.port <= 65535:
-            raise ValueError(f"port must be 0..65535, not {self.port}")
+        for name in ("port", "metrics_port"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value <= 65535:
+                raise ValueError(f"{name} must be 0..65535, not {value}")
+        if self.metrics_port is not None and self.metrics_port != 0 and self.metrics_port == self.port:
+            raise ValueError("metrics_port must differ from port")
+        if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
+            raise ValueError("ssl_certfile and ssl_keyfile go together: give both or neither")
 
 
 @dataclass(frozen=True)
@@ -40,6 +57,61 @@ class LimitsConfig:
     def __post_init__(self) -> None:
         if self.max_body_bytes < 1 or self.max_images_per_request < 1:
             raise ValueError("max_body_bytes and max_images_per_request must be >= 1")
+
+
+@dataclass(frozen=True)
+class AdmissionConfig:
+    """What the server takes on at once; past it a request is refused (503 `overloaded`) before its
+    body is read or decoded, so overload costs almost nothing."""
+
+    max_concurrent_requests: int = field(
+        default=64, metadata={"help": "classify/infer requests admitted at once; more get 503 overloaded"}
+    )
+    max_pending_decodes: int = field(
+        default=MAX_PENDING_DECODES, metadata={"help": "images waiting for a decode thread; more get 503 overloaded"}
+    )
+    body_read_timeout_s: float = field(
+        default=30.0, metadata={"help": "seconds a client may take to send its whole body (408 past it)"}
+    )
+    refusal_ratio: float = field(
+        default=4.0, metadata={"help": "refusals answered at once per admitted request completed; past it "
+                                       "(clients retrying at once) each refusal waits its turn"}
+    )
+    max_connections: int = field(
+        default=4096, metadata={"help": "open connections at most; past it new ones get a bare 503"}
+    )
+
+    def __post_init__(self) -> None:
+        if min(self.max_concurrent_requests, self.max_pending_decodes, self.max_connections) < 1:
+            raise ValueError("max_concurrent_requests, max_pending_decodes and max_connections must be >= 1")
+        if not self.body_read_timeout_s > 0 or not self.refusal_ratio > 0:
+            raise ValueError("body_read_timeout_s and refusal_ratio must be > 0")
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    """Who may call what (see server/auth): API keys with scopes, and per-key rate limits."""
+
+    auth: AuthMode = field(
+        default="off", metadata={"help": "'required' closes every API route to callers without a key"}
+    )
+    redis_url: str | None = field(
+        default=None, metadata={"help": "Redis shared by replicas for rate limits (per process without it)"}
+    )
+    admin_key: str | None = field(default=None, metadata={
+        "help": "bootstrap API key with every scope (also read from X-Admin-Key); --model-control explicit needs it"})
+    key_refresh_s: float = field(
+        default=5.0, metadata={"help": "seconds between reads of the key table: a revoked key stops working within it"}
+    )
+    redis_timeout_s: float = field(
+        default=0.25, metadata={"help": "bound on one Redis call of the rate limiter; past it this process decides"}
+    )
+
+    def __post_init__(self) -> None:
+        if self.admin_key is not None and not self.admin_key.strip():
+            raise ValueError("admin_key must not be empty")
+        if not self.key_refresh_s > 0 or not self.redis_timeout_s > 0:
+            raise ValueError("key_refresh_s and redis_timeout_s must be > 0")
 
 
 @dataclass(frozen=True)
@@ -63,9 +135,8 @@ class ModelControlConfig:
     """Triton's explicit model control: the repository routes that load and unload models."""
 
     model_control: ModelControl = field(
-        default="none", metadata={"help": "'explicit' enables the load/unload routes"}
+        default="none", metadata={"help": "'explicit' enables the load/unload routes (needs --admin-key)"}
     )
-    admin_key: str | None = field(default=None, metadata={"help": "X-Admin-Key required by model control routes"})
 
 
 @dataclass(frozen=True)
@@ -88,8 +159,15 @@ class ServerConfig:
     listen: ListenConfig = field(default_factory=ListenConfig)
     serving: ServingConfig = field(default_factory=ServingConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    admission: AdmissionConfig = field(default_factory=AdmissionConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
     events: EventsConfig = field(default_factory=EventsConfig)
     lifecycle: LifecycleConfig = field(default_factory=LifecycleConfig)
     control: ModelControlConfig = field(default_factory=ModelControlConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     cloudwatch: CloudWatchConfig = field(default_factory=CloudWatchConfig)
+
+    def __post_init__(self) -> None:
+        if self.control.model_control == "explicit" and self.auth.admin_key is None:
+            raise ValueError("--model-control explicit needs an admin key (--admin-key or BATCHSERVE_ADMIN_KEY): "
+                             "loading and unloading models is never open to anyone who can reach the port")

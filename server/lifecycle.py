@@ -8,9 +8,12 @@ A second SIGINT (Ctrl-C twice) forces an immediate exit.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import signal
+import socket
+import ssl
 import threading
 import time
 from types import FrameType
@@ -20,6 +23,7 @@ from litestar.types import ASGIApp
 
 from batchserve.server.app import build_state, create_app
 from batchserve.server.config import ServerConfig
+from batchserve.server.metrics_listener import MetricsListener
 from batchserve.server.state import AppState
 
 log = logging.getLogger("batchserve.lifecycle")
@@ -28,10 +32,22 @@ FLUSH_RESERVE_S = 1.5
 
 
 class GracefulServer(uvicorn.Server):
-    def __init__(self, config: uvicorn.Config, state: AppState) -> None:
+    def __init__(self, config: uvicorn.Config, state: AppState, metrics_listener: MetricsListener | None = None,
+                 ) -> None:
         super().__init__(config)
         self.state = state
+        self.metrics_listener = metrics_listener
         state.lifecycle.on_exit_request = self._exit_now
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.metrics_listener is not None and not self.should_exit:
+            await self.metrics_listener.start()
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        if self.metrics_listener is not None:
+            await self.metrics_listener.stop()
+        await super().shutdown(sockets)
 
     def _exit_now(self) -> None:
         self.should_exit = True
@@ -81,8 +97,13 @@ def uvicorn_config(config: ServerConfig, app: ASGIApp) -> uvicorn.Config:
         # Annotated int, used as an asyncio.wait_for timeout: fractions of a second count.
         timeout_graceful_shutdown=connections_grace,  # type: ignore[arg-type]
         timeout_keep_alive=30,
+        # Past it uvicorn answers a bare 503 without calling the app: the last line of defence, far
+        # above what admission lets in, so it only bounds idle and slow connections.
+        limit_concurrency=config.admission.max_connections,
         backlog=2048,
         server_header=False,
+        ssl_certfile=config.listen.ssl_certfile,
+        ssl_keyfile=config.listen.ssl_keyfile,
     )
 
 
@@ -90,10 +111,29 @@ def serve(config: ServerConfig) -> int:
     """Run until a signal; returns the process exit code."""
     state = build_state(config)
     app = create_app(config, load_in_background=True, state=state)
-    server = GracefulServer(uvicorn_config(config, app), state)
+    listen = config.listen
+    if listen.ssl_certfile is not None:
+        try:  # uvicorn would only fail later, with a traceback
+            ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(listen.ssl_certfile, listen.ssl_keyfile)
+        except (OSError, ssl.SSLError) as exc:
+            log.error("cannot serve HTTPS with %s and %s: %s", listen.ssl_certfile, listen.ssl_keyfile, exc)
+            return 1
+    metrics_listener = None
+    if listen.metrics_port is not None and state.metrics is not None:
+        try:
+            metrics_listener = MetricsListener(state.metrics, listen.host, listen.metrics_port)
+        except OSError as exc:
+            log.error("cannot listen for metrics on %s:%d: %s", listen.host, listen.metrics_port, exc)
+            return 1
+    server = GracefulServer(uvicorn_config(config, app), state, metrics_listener)
     serving = config.serving
-    log.info("batchserve listening on http://%s:%d (models: %s)", config.listen.host, config.listen.port,
+    scheme = "https" if listen.ssl_certfile is not None else "http"
+    log.info("batchserve listening on %s://%s:%d (models: %s)", scheme, listen.host, listen.port,
              ", ".join(serving.models) or "all built" + (" + simulated" if serving.simulate_model else ""))
+    # What exists now (modules, the app, its routes) lives as long as the process. Frozen, the
+    # collector no longer walks it on each full collection: under load those walked the whole heap
+    # with the GIL held and stalled every request for up to 140 ms (measured: docs/performance.md).
+    gc.freeze()
     server.run()
     if not server.started:
         return 1

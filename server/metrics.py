@@ -108,7 +108,7 @@ class StateCollector(Collector):
 
     def collect(self) -> Iterable[Metric]:
         # A scrape must never fail because one source misbehaves: log it and serve the rest.
-        for part in (self._batchers, self._models, self._events):
+        for part in (self._batchers, self._models, self._events, self._admission):
             try:
                 yield from part()
             except Exception:
@@ -163,16 +163,44 @@ class StateCollector(Collector):
             ("written", "Events committed to the store from memory.", stats.written_total),
             ("spilled", "Events written to the spill journal while the store was unreachable.", stats.spilled_total),
             ("replayed", "Journaled events later committed to the store.", stats.replayed_total),
-            ("dropped", "Events lost: buffer and journal both full, or recorded after shutdown.", stats.dropped_total),
+            ("dropped", "Events lost with no copy kept (a subset of batchserve_events_lost).", stats.dropped_total),
             ("flush_errors", "Failed writes to the event store.", stats.flush_errors_total),
         ):
             yield CounterMetricFamily(f"batchserve_events_{name}", doc, value=value)
+        lost = CounterMetricFamily("batchserve_events_lost", "Events that will not reach the store, by reason "
+                                   "(rejected, unprocessable, corrupt_line, torn_line keep a dead-letter copy).",
+                                   labels=["reason"])
+        for reason, count in stats.lost.items():
+            lost.add_metric([reason], count)
+        yield lost
         yield GaugeMetricFamily("batchserve_events_buffered", "Events in memory waiting to be written.",
                                 value=stats.buffered)
         yield GaugeMetricFamily("batchserve_events_journal_bytes", "Size of the spill journal.",
                                 value=stats.journal_bytes)
         yield GaugeMetricFamily("batchserve_events_store_healthy", "1 when the last event store operation succeeded.",
                                 value=1.0 if stats.healthy else 0.0)
+
+
+    def _admission(self) -> Iterator[Metric]:
+        gate, decodes = self.state.admission, self.state.serving.classifier.pending_decodes
+        refused = CounterMetricFamily(
+            "batchserve_admission_refused", "Classification requests refused (503 overloaded) before any work.",
+            labels=["reason"],
+        )
+        refused.add_metric(["queue_full"], gate.refused_queue_full)
+        refused.add_metric(["max_concurrent_requests"], gate.requests.refused_total)
+        refused.add_metric(["max_pending_decodes"], decodes.refused_total)
+        yield refused
+        yield CounterMetricFamily("batchserve_admission_refusals_delayed",
+                                  "Refusals answered late because clients retried faster than the refusal pace.",
+                                  value=gate.pacer.delayed_total)
+        yield CounterMetricFamily("batchserve_admission_body_timeouts",
+                                  "Requests answered 408 because their body was not complete in time.",
+                                  value=gate.body_timeouts)
+        yield GaugeMetricFamily("batchserve_admission_inflight_requests",
+                                "Classification requests admitted and not answered yet.", value=gate.requests.in_use)
+        yield GaugeMetricFamily("batchserve_admission_pending_decodes",
+                                "Images waiting for or in a decode thread.", value=decodes.in_use)
 
 
 class HttpMetricsMiddleware(HttpMiddleware):

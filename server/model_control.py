@@ -1,6 +1,8 @@
 """`batchserve models load|unload NAME --url URL`: model control of a running server.
 
-A thin client of the repository extension's routes, over HTTP only.
+A thin client of the repository extension's routes, over HTTP only. It needs a key with the admin
+scope: `--api-key` (env BATCHSERVE_API_KEY), or `--admin-key` (env BATCHSERVE_ADMIN_KEY), the
+server's bootstrap key, under the name model control has always used.
 """
 
 from __future__ import annotations
@@ -9,8 +11,9 @@ import argparse
 import os
 import sys
 import urllib.parse
+from collections.abc import Mapping
 
-from batchserve.client.http import HttpError, Unreachable, request_json
+from batchserve.client.http import API_KEY_ENV, HttpError, Unreachable, api_key_headers, request_json
 
 ADMIN_KEY_ENV = "BATCHSERVE_ADMIN_KEY"
 # Loading builds an inference session and warms it up: on a GPU with TensorRT that takes minutes.
@@ -21,12 +24,11 @@ def control_url(base: str, name: str, action: str) -> str:
     return f"{base.rstrip('/')}/v2/repository/models/{urllib.parse.quote(name, safe='')}/{action}"
 
 
-def request_action(base_url: str, name: str, action: str, admin_key: str | None, timeout: float = TIMEOUT_S) -> dict:
+def request_action(base_url: str, name: str, action: str, api_key: str | None, timeout: float = TIMEOUT_S) -> dict:
     """POST the action; returns the server's JSON answer or raises RuntimeError with its message."""
-    headers = {"X-Admin-Key": admin_key} if admin_key else {}
     try:
-        answer = request_json(control_url(base_url, name, action), method="POST", body={}, headers=headers,
-                              timeout=timeout)
+        answer = request_json(control_url(base_url, name, action), method="POST", body={},
+                              headers=api_key_headers(api_key), timeout=timeout)
     except Unreachable as exc:
         raise RuntimeError(f"cannot reach {base_url}: {exc.message}") from None
     except HttpError as exc:
@@ -34,8 +36,13 @@ def request_action(base_url: str, name: str, action: str, admin_key: str | None,
     return answer if isinstance(answer, dict) else {}
 
 
+def choose_key(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> str | None:
+    """Flags before variables; of each, --api-key before the --admin-key alias."""
+    return (args.api_key or args.admin_key or environ.get(API_KEY_ENV) or environ.get(ADMIN_KEY_ENV)) or None
+
+
 def _run(args: argparse.Namespace) -> int:
-    key = args.admin_key if args.admin_key is not None else os.environ.get(ADMIN_KEY_ENV)
+    key = choose_key(args)
     try:
         answer = request_action(args.url, args.name, args.models_command, key)
     except RuntimeError as exc:
@@ -52,5 +59,7 @@ def register(models_sub: argparse._SubParsersAction) -> None:
         parser = models_sub.add_parser(action, help=help_text)
         parser.add_argument("name", help="model name")
         parser.add_argument("--url", required=True, help="server base URL, e.g. http://127.0.0.1:8000")
-        parser.add_argument("--admin-key", default=None, help=f"X-Admin-Key to send [env {ADMIN_KEY_ENV}]")
+        parser.add_argument("--api-key", default=None, help=f"an API key with the admin scope [env {API_KEY_ENV}]")
+        parser.add_argument("--admin-key", default=None,
+                            help=f"the server's --admin-key (the same as --api-key) [env {ADMIN_KEY_ENV}]")
         parser.set_defaults(func=_run)

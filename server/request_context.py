@@ -2,6 +2,10 @@
 
 A pure ASGI middleware wrapped around the whole app (not a route-level hook), so every answer,
 Litestar's own 404/405 included, gets the `X-Request-ID` header.
+
+Who asked: the name of the API key the front door recognised (see server/auth); a key it does not
+recognise (only possible under `--auth off`) is named by an id derived from its hash; no key is
+`anonymous`. The key itself is never kept.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from batchserve.serving.recording import Caller
 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 ANONYMOUS = "anonymous"
+_USER = "user"  # scope["state"] entry: the name of the recognised key
 
 
 def user_from_api_key(api_key: str | None) -> str:
@@ -35,11 +40,32 @@ def _header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
+def presented_key(scope: Scope) -> str | None:
+    """The API key the request carries: `Authorization: Bearer KEY`, else `X-API-Key`, else
+    `X-Admin-Key` (an alias kept for model-control clients)."""
+    authorization = _header(scope, b"authorization")
+    if authorization:
+        scheme, _, token = authorization.strip().partition(" ")
+        if scheme.lower() == "bearer" and token.strip():
+            return token.strip()
+    for name in (b"x-api-key", b"x-admin-key"):
+        value = _header(scope, name)
+        if value and value.strip():
+            return value.strip()
+    return None
+
+
+def set_user(scope: Scope, name: str) -> None:
+    """The request comes from the key named `name` (set by the front door once the key is recognised)."""
+    scope.setdefault("state", {})[_USER] = name
+
+
 def caller_of(scope: Scope) -> Caller:
     client = scope.get("client")
+    state = scope.get("state", {})
     return Caller(
-        request_id=scope.get("state", {}).get("request_id") or current_request_id.get(),
-        user=user_from_api_key(_header(scope, b"x-api-key")),
+        request_id=state.get("request_id") or current_request_id.get(),
+        user=state.get(_USER) or user_from_api_key(presented_key(scope)),
         client_ip=client[0] if client else None,
         user_agent=_header(scope, b"user-agent"),
     )

@@ -1,5 +1,5 @@
-"""What the route handlers share: the configuration, the serving core, the metrics, and the
-lifecycle flags the shutdown sequence flips."""
+"""What the route handlers share: the configuration, the serving core, the metrics, the admission
+bounds, and the lifecycle flags the shutdown sequence flips."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from batchserve.server.admission import AdmissionGate
 from batchserve.server.config import ServerConfig
 from batchserve.server.metrics import Metrics
 from batchserve.serving.core import Serving
@@ -41,6 +42,10 @@ class AppState:
     serving: Serving
     metrics: Metrics | None = None
     lifecycle: Lifecycle = field(default_factory=Lifecycle)
+    admission: AdmissionGate = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.admission = AdmissionGate.from_config(self.config.admission)
 
     @property
     def ready(self) -> bool:

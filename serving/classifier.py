@@ -5,6 +5,11 @@ files rides the same batch (or is split across consecutive ones) instead of five
 Classification never raises for what a sample or the batcher did: it returns one
 `Classification` whose results say, per sample, what it was classified as or why it failed, and
 the front end records that outcome once and answers from it.
+
+Two refusals come before any work: a request whose images would wait behind too many others for
+a decode thread raises `Overloaded` (the bound is the classifier's, so every front end has it), and
+an image whose request is past its deadline is dropped unread, whether that shows before it is
+handed to the pool or when a decode thread picks it up.
 """
 
 from __future__ import annotations
@@ -12,9 +17,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import time
 from collections.abc import Sequence
 from concurrent.futures import Executor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
@@ -23,6 +29,7 @@ from batchserve.model_repo.image_formats import check_declared_type
 from batchserve.model_repo.preprocess import PreparedImage, prepare_image
 from batchserve.model_repo.topk import softmax, top_k
 from batchserve.serving.errors import ErrorInfo, InvalidParameter, describe
+from batchserve.serving.pressure import MAX_PENDING_DECODES, Bound, bound_refusal
 from batchserve.serving.registry import LoadedModel
 
 log = logging.getLogger("batchserve.classifier")
@@ -129,6 +136,19 @@ class Deadline:
             budget = model.limits.default_timeout_ms
         return cls(started + budget / 1000.0 if budget > 0 else None)
 
+    def passed(self) -> bool:
+        return self.at is not None and time.monotonic() >= self.at
+
+
+NO_DEADLINE = Deadline(None)
+
+
+class _Expired(Exception):
+    """Raised in a decode thread for an image whose request's deadline passed while it waited."""
+
+
+EXPIRED = ErrorInfo(504, "deadline_exceeded", "the request's deadline passed before its image was decoded")
+
 
 def validate_top_k(top_k_value: int, model: LoadedModel) -> int:
     if not 1 <= top_k_value <= model.classes:
@@ -136,8 +156,10 @@ def validate_top_k(top_k_value: int, model: LoadedModel) -> int:
     return top_k_value
 
 
-def _decode(image: ImageInput, model: LoadedModel) -> DecodedInput:
+def _decode(image: ImageInput, model: LoadedModel, deadline: Deadline) -> DecodedInput:
     """Runs in a worker thread: Pillow and hashlib release the GIL for the heavy parts."""
+    if deadline.passed():  # it waited in the pool's queue past its deadline: its answer is already 504
+        raise _Expired
     check_declared_type(image.content_type, image.data)
     prepared = prepare_image(image.data, model.preprocess)
     return DecodedInput(image, prepared, hashlib.sha256(image.data).hexdigest())
@@ -153,17 +175,38 @@ def _described(exc: BaseException, what: str) -> ErrorInfo:
 @dataclass
 class Classifier:
     decode_pool: Executor
+    pending_decodes: Bound = field(default_factory=lambda: Bound(MAX_PENDING_DECODES))
+    """Images handed to the decode pool and not finished yet (waiting for a thread, or decoding)."""
 
-    async def decode(self, model: LoadedModel, images: Sequence[ImageInput]) -> list[DecodedInput | Failed]:
-        """Every image decoded and preprocessed for `model`, in order; an image that cannot be is a Failed."""
+    async def decode(
+        self, model: LoadedModel, images: Sequence[ImageInput], deadline: Deadline = NO_DEADLINE
+    ) -> list[DecodedInput | Failed]:
+        """Every image decoded and preprocessed for `model`, in order; an image that cannot be is a Failed.
+
+        Raises `Overloaded` before any work when the images would not fit under `pending_decodes`."""
+        if deadline.passed():
+            return [Failed(position, image, EXPIRED, "decode") for position, image in enumerate(images)]
+        pending = self.pending_decodes
+        if not pending.try_take(len(images)):
+            raise bound_refusal("images waiting for decoding", pending)
         loop = asyncio.get_running_loop()
-        futures = [loop.run_in_executor(self.decode_pool, _decode, image, model) for image in images]
+        futures: list[asyncio.Future[DecodedInput]] = []
+        try:
+            for image in images:
+                future = loop.run_in_executor(self.decode_pool, _decode, image, model, deadline)
+                future.add_done_callback(lambda _: pending.release())
+                futures.append(future)
+        except BaseException:  # the pool is shut down: places not handed to it are free again
+            pending.release(len(images) - len(futures))
+            raise
         outcomes = await asyncio.gather(*futures, return_exceptions=True)
         decoded: list[DecodedInput | Failed] = []
         for position, (image, outcome) in enumerate(zip(images, outcomes, strict=True)):
             if isinstance(outcome, asyncio.CancelledError):
                 raise outcome
-            if isinstance(outcome, BaseException):
+            if isinstance(outcome, _Expired):
+                decoded.append(Failed(position, image, EXPIRED, "decode"))
+            elif isinstance(outcome, BaseException):
                 decoded.append(Failed(position, image, _described(outcome, "decoding"), "decode"))
             else:
                 decoded.append(outcome)
@@ -178,8 +221,8 @@ class Classifier:
 
         With `all_or_nothing` (a protocol without per-sample errors), images go to the model only
         when every one decoded; otherwise the results hold just the images that failed, since the
-        others were never attempted."""
-        decoded = await self.decode(model, images)
+        others were never attempted. Raises `Overloaded` before any work (see `decode`)."""
+        decoded = await self.decode(model, images, deadline)
         failed = [d for d in decoded if isinstance(d, Failed)]
         if all_or_nothing and failed:
             return Classification(model, list(failed))

@@ -73,6 +73,24 @@ class Forbidden(ServeError):
     status, code = 403, "forbidden"
 
 
+class RateLimited(ServeError):
+    """The key spent its request budget; `Retry-After` says when a token is back."""
+
+    status, code = 429, "rate_limited"
+
+
+class Overloaded(ServeError):
+    """Admission refused before any work was done on the request (its body is not even read)."""
+
+    status, code = 503, "overloaded"
+
+
+class RequestTimeout(ServeError):
+    """The client did not send its whole body within the server's body-read deadline."""
+
+    status, code = 408, "request_timeout"
+
+
 class Draining(ServeError):
     status, code = 503, "draining"
 

@@ -35,7 +35,7 @@ ALLOWED = {
 COMMAND_MODULES = {
     "batchserve.server.cli", "batchserve.model_repo.commands", "batchserve.server.model_control",
     "batchserve.events.commands", "batchserve.loadtest.commands", "batchserve.deploy.cli",
-    "batchserve.jobs.commands",
+    "batchserve.jobs.commands", "batchserve.server.auth.commands",
 }
 
 

@@ -4,7 +4,7 @@ Jinja2 templates rendered by Litestar, plain scripts and styles served as static
 front-end build step), charts drawn by a vendored Chart.js (see static/vendor/chart.js/).
 """
 
-from batchserve.server.ui.pages import ui_route_handlers
-from batchserve.server.ui.templating import template_config
+from batchserve.server.ui.pages import PAGE_PATHS, ui_route_handlers
+from batchserve.server.ui.templating import STATIC_PREFIX, template_config
 
-__all__ = ["template_config", "ui_route_handlers"]
+__all__ = ["PAGE_PATHS", "STATIC_PREFIX", "template_config", "ui_route_handlers"]

@@ -109,7 +109,7 @@ async def test_versions_swap_under_load_without_a_failed_request(tmp_path: Path)
             assert set(before) <= {1, 2} and before.count(1) >= 30
 
             rc, out = await cli("unload", "tiny", "--url", server.url, "--admin-key", "wrong")
-            assert rc == 1 and "HTTP 403" in out
+            assert rc == 1 and "HTTP 401" in out
             rc, out = await cli("unload", "tiny", "--url", server.url, "--admin-key", ADMIN_KEY)
             assert rc == 0, out
             assert (await client.post("/v1/classify?model=tiny", content=image)).status_code == 404

@@ -11,12 +11,14 @@ import numpy as np
 import pytest
 
 from batchserve.model_repo.build import build_model
+from batchserve.server.options import build_config
 from batchserve.serving.config import ServingConfig
 from batchserve.serving.leases import lease_scope
 from batchserve.serving.registry import ModelRegistry
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY_CONFIG = ROOT / "model_repo" / "models" / "tiny" / "config.toml"
+ADMIN_KEY = "s3cret-admin-key"
 
 
 def set_policy(repo: Path, policy: str) -> None:
@@ -59,18 +61,32 @@ async def test_control_routes_are_off_by_default(make_client) -> None:
         assert (await client.get("/v2/models/tiny/ready")).status_code == 200
 
 
-async def test_admin_key_is_required_when_set(make_client) -> None:
-    async with make_client(model_control="explicit", admin_key="s3cret") as client:
+def test_model_control_refuses_to_start_without_an_admin_key() -> None:
+    with pytest.raises(ValueError, match="--model-control explicit needs an admin key"):
+        build_config({"model_control": "explicit"})
+
+
+async def test_model_control_needs_the_admin_key_whatever_auth_says(make_client) -> None:
+    async with make_client(model_control="explicit", admin_key=ADMIN_KEY) as client:
         missing = await client.post("/v2/repository/models/tiny/load")
         wrong = await client.post("/v2/repository/models/tiny/load", headers={"X-Admin-Key": "guess"})
-        right = await client.post("/v2/repository/models/tiny/load", headers={"X-Admin-Key": "s3cret"})
-    assert missing.status_code == 401 and "X-Admin-Key" in missing.json()["error"]
-    assert wrong.status_code == 403 and "does not match" in wrong.json()["error"]
-    assert right.status_code == 200 and right.json() == {"name": "tiny", "versions": ["1"], "state": "READY"}
+        alias = await client.post("/v2/repository/models/tiny/load", headers={"X-Admin-Key": ADMIN_KEY})
+        bearer = await client.post("/v2/repository/models/tiny/unload",
+                                   headers={"Authorization": f"Bearer {ADMIN_KEY}"})
+        # What tritonclient sends: an empty body, `{}`, or parameters.
+        api_key = await client.post("/v2/repository/models/tiny/load", content=b"{}",
+                                    headers={"X-API-Key": ADMIN_KEY, "Content-Type": "application/json"})
+    assert missing.status_code == 401 and "API key" in missing.json()["error"]
+    assert missing.headers["WWW-Authenticate"].startswith("Bearer")
+    assert wrong.status_code == 401
+    assert alias.status_code == 200 and alias.json() == {"name": "tiny", "versions": ["1"], "state": "READY"}
+    assert bearer.status_code == 200 and bearer.json()["state"] == "UNAVAILABLE"
+    assert api_key.status_code == 200
 
 
 async def test_unload_then_load_again(make_client, chelsea: bytes) -> None:
-    async with make_client(model_control="explicit") as client:
+    async with make_client(model_control="explicit", admin_key=ADMIN_KEY) as client:
+        client.headers["X-Admin-Key"] = ADMIN_KEY
         before = client.app_state.serving.registry.find("tiny")
         reload = await client.post("/v2/repository/models/tiny/load")
         assert reload.status_code == 200
@@ -93,7 +109,8 @@ async def test_unload_then_load_again(make_client, chelsea: bytes) -> None:
 
 
 async def test_version_policy_decides_what_a_load_serves(make_client, two_versions: Path) -> None:
-    async with make_client(model_repo=two_versions, model_control="explicit") as client:
+    async with make_client(model_repo=two_versions, model_control="explicit", admin_key=ADMIN_KEY) as client:
+        client.headers["Authorization"] = f"Bearer {ADMIN_KEY}"
         registry = client.app_state.serving.registry
         assert registry.versions("tiny") == [2]  # policy "latest 1"
         set_policy(two_versions, 'policy = "specific"\nspecific = [1]')

@@ -1,5 +1,8 @@
 // Talking to batchserve's public API from the pages: one error type whose message is the
 // server's own sentence ({"error": {"code", "message"}}), never a stack trace or raw HTML.
+// Every call carries the tab's API key; an answer saying the key is missing, wrong or lacks a
+// scope (401, 403) opens the key form with the server's sentence.
+import { askForKey, authHeaders } from "./auth.js";
 
 export class ApiError extends Error {
   constructor(message, { status = 0, code = "network_error", body = null } = {}) {
@@ -35,7 +38,8 @@ async function readJSON(response) {
 export async function request(url, options = {}) {
   let response;
   try {
-    response = await fetch(url, { headers: { Accept: "application/json" }, ...options });
+    const headers = { Accept: "application/json", ...authHeaders(), ...(options.headers || {}) };
+    response = await fetch(url, { ...options, headers });
   } catch (err) {
     throw new ApiError(`could not reach the server (${err.message})`);
   }
@@ -43,6 +47,7 @@ export async function request(url, options = {}) {
   if (body === null) {
     throw new ApiError(`the server answered HTTP ${response.status} without a JSON body`, { status: response.status, code: "bad_response" });
   }
+  if (response.status === 401 || response.status === 403) askForKey(errorMessage(body, response.status));
   return { status: response.status, ok: response.ok, body };
 }
 

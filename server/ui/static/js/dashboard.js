@@ -1,6 +1,7 @@
 // The dashboard: charts of GET /v1/stats (computed in SQL from the event store), refreshed every
 // few seconds while the tab is visible. Chart.js is the vendored UMD build (window.Chart).
 import { ApiError, getJSON } from "./api.js";
+import { whenKeyReady } from "./auth.js";
 
 const root = document.getElementById("dashboard");
 const statusLine = document.getElementById("dash-status"); // announced: problems and state changes only
@@ -220,6 +221,10 @@ async function tick() {
       statusLine.textContent = err.message;
       return; // nothing will ever appear: stop polling
     }
+    if (err instanceof ApiError && (err.status === 401 || err.status === 403)) {
+      statusLine.textContent = `Could not load statistics: ${err.message}.`;
+      return; // resumed when a key is entered
+    }
     failures += 1;
     const delay = Math.min(MAX_BACKOFF_MS, refreshMs * 2 ** failures);
     statusLine.textContent = `Could not load statistics: ${err.message}. Retrying in ${Math.round(delay / 1000)} s.`;
@@ -230,5 +235,5 @@ async function tick() {
 if (eventsOn) {
   windowSelect.addEventListener("change", () => schedule(0));
   document.addEventListener("visibilitychange", () => { if (!document.hidden) schedule(0); });
-  schedule(0);
+  whenKeyReady(() => { failures = 0; schedule(0); });
 }

@@ -1,6 +1,7 @@
 // The upload page: choose, drop or paste images; each chosen image gets a card with its preview
 // and, once POST /v1/classify answers, its top-5 classes as bars plus model, latency and batch size.
 import { ApiError, errorMessage, getJSON, request } from "./api.js";
+import { whenKeyReady } from "./auth.js";
 
 const TOP_K = 5;
 const MAX_CARDS = 60;            // older cards (and their preview URLs) are dropped past this
@@ -217,4 +218,4 @@ document.addEventListener("paste", (event) => {
 
 form.addEventListener("submit", (event) => event.preventDefault());
 
-loadModels();
+whenKeyReady(loadModels);

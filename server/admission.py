@@ -1,0 +1,161 @@
+"""Admission: which classification requests the server takes on, decided before any work is done.
+
+A pure ASGI wrapper, outside Litestar: a refusal costs neither routing nor a read of the body. A
+classification request (see `door.classify_route`; nothing else is subject to admission, so
+health, readiness and metrics always answer) is refused with 503 `overloaded` and `Retry-After`,
+its body unread, when
+
+- the batcher queue of the model it names is already full: after reading and decoding it, the
+  batcher could only have refused it;
+- `max_concurrent_requests` classification requests are already admitted (reading, decoding,
+  queued or running).
+
+Refusals are answered at once, unless clients retry so fast that answering them would take the
+CPU the admitted requests need: see refusal_pacing.py.
+
+An admitted request must deliver its whole body within `body_read_timeout_s` of its headers, or
+it is answered 408 `request_timeout` and its connection closed, so a client that trickles its
+body (slowloris) holds a place for a bounded time only. The third bound, on images waiting for
+a decode thread, belongs to the serving core's classifier (every front end has it).
+
+A refusal keeps the connection open: uvicorn's parser reads and discards the unread rest of the
+body (it never buffers it once the answer is complete), and a client that retries at once
+reuses its connection instead of opening a new one (closing it instead was measured to cost the
+admitted requests more CPU: docs/performance.md). Only a request that sent
+`Expect: 100-continue` is refused with `Connection: close`: it was never told to send its body,
+so the connection cannot be reused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+import urllib.parse
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from litestar.types import ASGIApp, Receive, ReceiveMessage, Scope, Send
+
+from batchserve.server.door import classify_route, refuse
+from batchserve.server.http_middleware import HttpMiddleware
+from batchserve.server.refusal_pacing import RefusalPacer
+from batchserve.serving.errors import Overloaded, RequestTimeout, describe
+from batchserve.serving.pressure import Bound, bound_refusal, queue_refusal
+
+if TYPE_CHECKING:
+    from batchserve.server.config import AdmissionConfig
+    from batchserve.server.state import AppState
+    from batchserve.serving.registry import LoadedModel, ModelRegistry
+
+_V2_VERSION = re.compile(r"/versions/([^/]+)/infer$")
+CLOSE = {"Connection": "close"}
+# Refusals answered at once per second whatever the completion rate (a model that just started, or
+# whose batches fail, completes little), and the longest a paced refusal waits.
+REFUSALS_FLOOR_PER_S = 200.0
+REFUSAL_MAX_WAIT_S = 5.0
+
+
+@dataclass
+class AdmissionGate:
+    """The server's admission bounds and what they refused (read by the metrics at scrape time)."""
+
+    requests: Bound
+    pacer: RefusalPacer
+    body_read_timeout_s: float
+    refused_queue_full: int = 0
+    body_timeouts: int = 0
+
+    @classmethod
+    def from_config(cls, config: AdmissionConfig) -> AdmissionGate:
+        pacer = RefusalPacer(config.refusal_ratio, REFUSALS_FLOOR_PER_S, REFUSAL_MAX_WAIT_S)
+        return cls(Bound(config.max_concurrent_requests), pacer, config.body_read_timeout_s)
+
+
+def _requested_version(scope: Scope, family: str) -> str | None:
+    if family == "v1":
+        raw: bytes = scope.get("query_string", b"")
+        if b"version" not in raw:  # the common case, without parsing the query a second time
+            return None
+        versions = urllib.parse.parse_qs(raw.decode("latin-1")).get("version")
+        return versions[0] if versions else None
+    match = _V2_VERSION.search(scope.get("path", ""))
+    return match[1] if match else None
+
+
+def target_model(registry: ModelRegistry, scope: Scope, family: str, name: str | None) -> LoadedModel | None:
+    """The loaded version the request asks for, or None when it names none that exists (the route
+    then answers that error itself)."""
+    version = _requested_version(scope, family)
+    if version is not None and not (version.isascii() and version.isdigit()):
+        return None
+    try:
+        return registry.find(name, int(version) if version is not None else None)
+    except Exception:  # noqa: BLE001 - an unknown model or version is the route's to answer, not ours
+        return None
+
+
+def _expects_continue(scope: Scope) -> bool:
+    return any(key == b"expect" and value.lower() == b"100-continue" for key, value in scope.get("headers", ()))
+
+
+class AdmissionMiddleware(HttpMiddleware):
+    def __init__(self, app: ASGIApp, state: AppState) -> None:
+        super().__init__(app)
+        self.state = state
+        self.gate = state.admission
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        route = classify_route(scope) if scope.get("method") == "POST" else None
+        if route is None:  # not a classification (another method gets its 405 from the router)
+            await self.app(scope, receive, send)
+            return
+        family, name = route
+        gate = self.gate
+        model = target_model(self.state.serving.registry, scope, family, name)
+        refusal = queue_refusal(model) if model is not None else None
+        if refusal is not None:
+            gate.refused_queue_full += 1
+        elif not gate.requests.try_take():
+            refusal = bound_refusal("classification requests", gate.requests)
+        if refusal is not None:
+            await self._refuse(scope, send, refusal, time.monotonic())
+            return
+        try:
+            await self.app(scope, self._receive_in_time(receive), send)
+        finally:
+            gate.requests.release()
+            gate.pacer.completed_one()
+
+    async def _refuse(self, scope: Scope, send: Send, refusal: Overloaded, started: float) -> None:
+        wait_s = self.gate.pacer.delay()
+        if wait_s:
+            await asyncio.sleep(wait_s)
+        extra = CLOSE if _expects_continue(scope) else None
+        await refuse(scope, send, self.state.serving.recorder, describe(refusal), started, extra)
+
+    def _receive_in_time(self, receive: Receive) -> Receive:
+        """`receive`, failing with RequestTimeout (raised into the route, which records and answers it)
+        when the body is not complete `body_read_timeout_s` after the headers."""
+        gate = self.gate
+        limit_s = gate.body_read_timeout_s
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + limit_s
+        complete = False
+
+        async def receive_in_time() -> ReceiveMessage:
+            nonlocal complete
+            if complete:
+                return await receive()
+            try:
+                async with asyncio.timeout_at(deadline):
+                    message = await receive()
+            except TimeoutError:
+                gate.body_timeouts += 1
+                raise RequestTimeout(f"the request body was not complete within {limit_s:g} s",
+                                     headers=CLOSE) from None
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                complete = True
+            return message
+
+        return receive_in_time

@@ -1,0 +1,65 @@
+"""Answers given at the front door, before Litestar routes the request or reads its body:
+authentication refusals, rate limits, overload.
+
+They have the same shapes as the routes' own errors (`{"error": {"code", "message"}}` on /v1 and
+the pages, `{"error": "message"}` on /v2), and a refused classification still leaves its one
+event, as a request that failed before any image was read.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import urllib.parse
+
+from litestar.types import Scope, Send
+
+from batchserve.server.errors import V2_PREFIX, v1_body, v2_body
+from batchserve.server.request_context import caller_of
+from batchserve.serving.errors import ErrorInfo
+from batchserve.serving.recording import Recorder
+
+V1_CLASSIFY = "/v1/classify"
+_V2_INFER = re.compile(r"^/v2/models/(?P<name>[^/]+)(?:/versions/[^/]+)?/infer$")
+
+
+def classify_route(scope: Scope) -> tuple[str, str | None] | None:
+    """(route family, model name as asked) when the request asks for a classification, else None."""
+    path: str = scope.get("path", "")
+    if path == V1_CLASSIFY:
+        query = urllib.parse.parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        models = query.get("model")
+        return "v1", models[0] if models else None
+    match = _V2_INFER.match(path)
+    if match:
+        return "v2", urllib.parse.unquote(match["name"])
+    return None
+
+
+def error_json(path: str, info: ErrorInfo) -> bytes:
+    in_v2 = path == V2_PREFIX or path.startswith(V2_PREFIX + "/")
+    return json.dumps(v2_body(info) if in_v2 else v1_body(info)).encode()
+
+
+async def send_error(scope: Scope, send: Send, info: ErrorInfo, extra_headers: dict[str, str] | None = None) -> None:
+    """The error as a complete JSON answer (X-Request-ID is added by the outer middleware)."""
+    body = error_json(scope.get("path", ""), info)
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    for name, value in {**info.headers, **(extra_headers or {})}.items():
+        headers.append((name.lower().encode("latin-1"), value.encode("latin-1")))
+    await send({"type": "http.response.start", "status": info.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+async def refuse(
+    scope: Scope, send: Send, recorder: Recorder | None, info: ErrorInfo, started: float,
+    extra_headers: dict[str, str] | None = None,
+) -> None:
+    """Answer `info` without touching the body; a classification request leaves its event."""
+    route = classify_route(scope)
+    if recorder is not None and route is not None:
+        family, model = route
+        latency_ms = (time.monotonic() - started) * 1000.0
+        recorder.record_refused(caller_of(scope), family, info, latency_ms, model)
+    await send_error(scope, send, info, extra_headers)
