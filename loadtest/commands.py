@@ -109,7 +109,9 @@ def register(subparsers: Any) -> None:
         "bench",
         help="measure the server against the in-process limit on this machine",
         description="Interleaved, repeated measurements of ONNX Runtime alone, the in-process decode+infer "
-                    "pipeline, the HTTP server (wrk) and the simulated accelerator; prints medians.",
+                    "pipeline, the HTTP server (wrk) and the simulated accelerator; prints medians. With "
+                    "--overload: an open loop at 4x the saturated throughput and a retry storm (goodput, "
+                    "refusal latency, RSS growth, 5xx).",
     )
     add_arguments(bench)
     bench.set_defaults(func=_bench)
