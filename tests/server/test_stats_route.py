@@ -172,9 +172,10 @@ CREATE AGGREGATE avg(float8) (
     SFUNC = pg_catalog.float8_accum, STYPE = float8[], FINALFUNC = held_avg_final, INITCOND = '{{0,0,0}}'
 );
 """
+# Client sessions only: a parallel query's worker processes wait on the same lock, under no application name.
 _WAITING_STATS = (
     "SELECT pid, application_name FROM pg_stat_activity WHERE $1::int = ANY(pg_blocking_pids(pid)) "
-    "AND query LIKE '%percentile_disc%'"
+    "AND query LIKE '%percentile_disc%' AND backend_type = 'client backend'"
 )
 
 
