@@ -16,7 +16,6 @@ server does with more work than it can take instead (see bench_overload.py).
 from __future__ import annotations
 
 import argparse
-import json
 import mimetypes
 import shutil
 import sys
@@ -28,11 +27,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from batchserve.client.http import HttpError, request_json
-from batchserve.loadtest.bench_report import Samples, machine, render, summarise
+from batchserve.loadtest.bench_report import Samples, machine, render, run_and_print, summarise
 from batchserve.loadtest.http_load import LoadClientError, run_load, wrk_available
 from batchserve.loadtest.samples import SAMPLE_PHOTO
-from batchserve.loadtest.server_process import ServerProcess, ServerStartError, start_server
-from batchserve.model_repo.errors import ModelRepoError
+from batchserve.loadtest.server_process import ServerProcess, start_server
 from batchserve.model_repo.repository import DEFAULT_REPOSITORY
 
 if TYPE_CHECKING:  # ONNX Runtime loads only when a bench runs, not when the CLI parser is built
@@ -251,17 +249,7 @@ def run_from_args(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"batchserve bench: {exc}", file=sys.stderr)
         return 2
-    try:
-        report = run_bench(settings, say=lambda line: print(line, file=sys.stderr, flush=True))
-    except (ServerStartError, LoadClientError, ModelRepoError, OSError) as exc:
-        print(f"batchserve bench: {exc}", file=sys.stderr)
-        return 1
-    print(render(report))
-    if args.json_out is not None:
-        args.json_out.parent.mkdir(parents=True, exist_ok=True)
-        args.json_out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-        print(f"\nJSON: {args.json_out}")
-    return 0
+    return run_and_print(lambda say: run_bench(settings, say=say), render, args.json_out)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -39,7 +39,7 @@ from typing import Any
 
 from batchserve.loadtest.bench import content_type, model_info, small_jpeg, wait_idle
 from batchserve.loadtest.bench_overload_client import DRAIN_S, MARKER, REQUEST_TIMEOUT_S
-from batchserve.loadtest.bench_report import machine
+from batchserve.loadtest.bench_report import machine, run_and_print
 from batchserve.loadtest.http_load import LoadClientError, LoadResult, run_wrk, wrk_available
 from batchserve.loadtest.samples import SAMPLE_PHOTO
 from batchserve.loadtest.server_process import ServerProcess, start_server
@@ -413,8 +413,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_from_args(args: argparse.Namespace) -> int:
     from batchserve.batching.cost import CostModel
-    from batchserve.loadtest.server_process import ServerStartError
-    from batchserve.model_repo.errors import ModelRepoError
 
     try:
         simulate = None if str(args.simulate_cost).lower() in ("off", "none", "") else args.simulate_cost
@@ -432,14 +430,4 @@ def run_from_args(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"batchserve bench: {exc}", file=sys.stderr)
         return 2
-    try:
-        report = run_overload(settings, say=lambda line: print(line, file=sys.stderr, flush=True))
-    except (ServerStartError, LoadClientError, ModelRepoError, OSError) as exc:
-        print(f"batchserve bench: {exc}", file=sys.stderr)
-        return 1
-    print(render(report))
-    if args.json_out is not None:
-        args.json_out.parent.mkdir(parents=True, exist_ok=True)
-        args.json_out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-        print(f"\nJSON: {args.json_out}")
-    return 0
+    return run_and_print(lambda say: run_overload(settings, say=say), render, args.json_out)

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import platform
 import statistics
+import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from batchserve.loadtest.http_load import LoadResult
+from batchserve.loadtest.http_load import LoadClientError, LoadResult
+from batchserve.loadtest.server_process import ServerStartError
+from batchserve.model_repo.errors import ModelRepoError
 
 if TYPE_CHECKING:
     from batchserve.loadtest.bench import BenchSettings
@@ -148,3 +154,23 @@ def render(report: dict[str, Any]) -> str:
             out.append(f"{c:>6} {_fmt(v['images_per_s']):>9} {_fmt(v['fraction_of_max'], '.2f'):>7} "
                        f"{_fmt(v['p50_ms']):>8} {_fmt(v['p99_ms']):>8} {v['errors']:>7}")
     return "\n".join(out)
+
+
+Report = dict[str, Any]
+
+
+def run_and_print(run: Callable[[Callable[[str], None]], Report], render_report: Callable[[Report], str],
+                  json_out: Path | None) -> int:
+    """Run a benchmark (progress to stderr), print its report (and write it as JSON to `json_out`).
+    Returns the exit status: 0 when it ran, 1 when a server, the load client or the model failed."""
+    try:
+        report = run(lambda line: print(line, file=sys.stderr, flush=True))
+    except (ServerStartError, LoadClientError, ModelRepoError, OSError) as exc:
+        print(f"batchserve bench: {exc}", file=sys.stderr)
+        return 1
+    print(render_report(report))
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        print(f"\nJSON: {json_out}")
+    return 0
