@@ -24,7 +24,7 @@ from typing import IO
 import msgspec
 
 from batchserve.events.errors import JournalError
-from batchserve.events.journal import fsync_dir
+from batchserve.events.journal import fsync_dir, lines_within
 from batchserve.events.model import Event
 
 __all__ = ["DeadLetter", "DeadRecord"]
@@ -76,25 +76,19 @@ class DeadLetter:
 
         Raises ``JournalError`` when the disk refuses (nothing from this call is then guaranteed).
         """
-        lines: list[bytes] = []
-        used = 0
-        for record in records:
-            line = self._encoder.encode(record) + b"\n"
-            if self._total + used + len(line) > self.max_bytes:
-                break
-            lines.append(line)
-            used += len(line)
+        lines = lines_within(self._encoder, records, self.max_bytes - self._total)
         if not lines:
             return 0
+        data = b"".join(lines)
         try:
             f = self._open()
-            f.write(b"".join(lines))
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         except OSError as exc:
             self.close()  # the file may end torn now: the next append starts a new one
             raise JournalError(f"cannot write the dead-letter file in {self.directory}: {exc}") from exc
-        self._total += used
+        self._total += len(data)
         return len(lines)
 
     def _open(self) -> IO[bytes]:

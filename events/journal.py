@@ -128,15 +128,7 @@ class Journal:
         if not events:
             return 0
         with self._lock:
-            room = self.max_bytes - self._total
-            lines: list[bytes] = []
-            used = 0
-            for event in events:
-                line = self._encoder.encode(event) + b"\n"
-                if used + len(line) > room:
-                    break
-                lines.append(line)
-                used += len(line)
+            lines = lines_within(self._encoder, events, self.max_bytes - self._total)
             if not lines:
                 return 0
             try:
@@ -246,6 +238,19 @@ def _lenient_event(line: bytes) -> Event | None:
         return Event(**fields)
     except (msgspec.DecodeError, TypeError, ValueError):
         return None
+
+
+def lines_within(encoder: msgspec.json.Encoder, records: Sequence[Any], room: int) -> list[bytes]:
+    """The leading records as JSON lines, as many as fit in `room` bytes (a file's cap)."""
+    lines: list[bytes] = []
+    used = 0
+    for record in records:
+        line = encoder.encode(record) + b"\n"
+        if used + len(line) > room:
+            break
+        lines.append(line)
+        used += len(line)
+    return lines
 
 
 def fsync_dir(directory: Path) -> None:

@@ -23,7 +23,7 @@ import asyncpg
 
 from batchserve.events.config import EventsConfig, redact_url
 from batchserve.events.errors import SchemaMissing, StatsBusy, StatsTimeout, StoreError, StoreUnavailable
-from batchserve.events.store_postgres import UNAVAILABLE_ERRORS
+from batchserve.events.store_postgres import UNAVAILABLE_ERRORS, open_pool
 
 __all__ = ["APPLICATION_NAME", "PostgresStatsReader", "SqliteStatsReader", "StatsReader", "open_stats_reader"]
 
@@ -97,7 +97,7 @@ class PostgresStatsReader(StatsReader):
     async def _ensure_pool(self) -> asyncpg.Pool:
         async with self._pool_lock:
             if self._pool is None:
-                pool = asyncpg.create_pool(
+                self._pool = await open_pool(
                     self._url,
                     min_size=1,
                     max_size=self._max_connections,
@@ -109,12 +109,6 @@ class PostgresStatsReader(StatsReader):
                         "application_name": APPLICATION_NAME,
                     },
                 )
-                try:
-                    await pool
-                except BaseException:
-                    pool.terminate()
-                    raise
-                self._pool = pool
             return self._pool
 
     async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:

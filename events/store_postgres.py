@@ -106,6 +106,17 @@ def is_rejection(exc: BaseException) -> bool:
     return isinstance(exc, asyncpg.InterfaceError) and isinstance(exc, ValueError)
 
 
+async def open_pool(url: str, **settings: Any) -> asyncpg.Pool:
+    """An asyncpg pool with its first connections made; a failed or cancelled start leaves none open."""
+    pool = asyncpg.create_pool(url, **settings)
+    try:
+        await pool
+    except BaseException:
+        pool.terminate()
+        raise
+    return pool
+
+
 class PostgresStore(EventStore):
     kind = "postgres"
 
@@ -123,7 +134,7 @@ class PostgresStore(EventStore):
 
     async def _ensure_pool(self) -> asyncpg.Pool:
         if self._pool is None:
-            pool = asyncpg.create_pool(
+            self._pool = await open_pool(
                 self._url,
                 min_size=1,
                 max_size=self._max_connections,
@@ -132,12 +143,6 @@ class PostgresStore(EventStore):
                 # Tells the writer's sessions from the statistics' ones in pg_stat_activity.
                 server_settings={"application_name": APPLICATION_NAME},
             )
-            try:
-                await pool
-            except BaseException:
-                pool.terminate()
-                raise
-            self._pool = pool
         return self._pool
 
     async def _open(self, migrate: bool) -> int:

@@ -29,15 +29,13 @@ so the connection cannot be reused.
 from __future__ import annotations
 
 import asyncio
-import re
 import time
-import urllib.parse
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from litestar.types import ASGIApp, Receive, ReceiveMessage, Scope, Send
 
-from batchserve.server.door import classify_route, refuse
+from batchserve.server.door import ClassifyRoute, classify_route, refuse
 from batchserve.server.http_middleware import HttpMiddleware
 from batchserve.server.refusal_pacing import RefusalPacer
 from batchserve.serving.errors import Overloaded, RequestTimeout, describe
@@ -48,7 +46,6 @@ if TYPE_CHECKING:
     from batchserve.server.state import AppState
     from batchserve.serving.registry import LoadedModel, ModelRegistry
 
-_V2_VERSION = re.compile(r"/versions/([^/]+)/infer$")
 CLOSE = {"Connection": "close"}
 # Refusals answered at once per second whatever the completion rate (a model that just started, or
 # whose batches fail, completes little), and the longest a paced refusal waits.
@@ -72,25 +69,14 @@ class AdmissionGate:
         return cls(Bound(config.max_concurrent_requests), pacer, config.body_read_timeout_s)
 
 
-def _requested_version(scope: Scope, family: str) -> str | None:
-    if family == "v1":
-        raw: bytes = scope.get("query_string", b"")
-        if b"version" not in raw:  # the common case, without parsing the query a second time
-            return None
-        versions = urllib.parse.parse_qs(raw.decode("latin-1")).get("version")
-        return versions[0] if versions else None
-    match = _V2_VERSION.search(scope.get("path", ""))
-    return match[1] if match else None
-
-
-def target_model(registry: ModelRegistry, scope: Scope, family: str, name: str | None) -> LoadedModel | None:
+def target_model(registry: ModelRegistry, route: ClassifyRoute) -> LoadedModel | None:
     """The loaded version the request asks for, or None when it names none that exists (the route
     then answers that error itself)."""
-    version = _requested_version(scope, family)
+    version = route.version
     if version is not None and not (version.isascii() and version.isdigit()):
         return None
     try:
-        return registry.find(name, int(version) if version is not None else None)
+        return registry.find(route.model, int(version) if version is not None else None)
     except Exception:  # noqa: BLE001 - an unknown model or version is the route's to answer, not ours
         return None
 
@@ -110,9 +96,8 @@ class AdmissionMiddleware(HttpMiddleware):
         if route is None:  # not a classification (another method gets its 405 from the router)
             await self.app(scope, receive, send)
             return
-        family, name = route
         gate = self.gate
-        model = target_model(self.state.serving.registry, scope, family, name)
+        model = target_model(self.state.serving.registry, route)
         refusal = queue_refusal(model) if model is not None else None
         if refusal is not None:
             gate.refused_queue_full += 1

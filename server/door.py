@@ -12,6 +12,7 @@ import json
 import re
 import time
 import urllib.parse
+from dataclasses import dataclass
 
 from litestar.types import Scope, Send
 
@@ -21,19 +22,28 @@ from batchserve.serving.errors import ErrorInfo
 from batchserve.serving.recording import Recorder
 
 V1_CLASSIFY = "/v1/classify"
-_V2_INFER = re.compile(r"^/v2/models/(?P<name>[^/]+)(?:/versions/[^/]+)?/infer$")
+_V2_INFER = re.compile(r"^/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?/infer$")
 
 
-def classify_route(scope: Scope) -> tuple[str, str | None] | None:
-    """(route family, model name as asked) when the request asks for a classification, else None."""
+@dataclass(frozen=True)
+class ClassifyRoute:
+    """A classification request as its path and query name it, before any parsing or validation."""
+
+    family: str  # "v1" or "v2": the route family its events and error shapes belong to
+    model: str | None  # as asked; None: the default model
+    version: str | None  # as asked, unparsed; None: the latest
+
+
+def classify_route(scope: Scope) -> ClassifyRoute | None:
+    """The request's classification route, or None when it asks for something else."""
     path: str = scope.get("path", "")
     if path == V1_CLASSIFY:
         query = urllib.parse.parse_qs(scope.get("query_string", b"").decode("latin-1"))
-        models = query.get("model")
-        return "v1", models[0] if models else None
+        models, versions = query.get("model"), query.get("version")
+        return ClassifyRoute("v1", models[0] if models else None, versions[0] if versions else None)
     match = _V2_INFER.match(path)
     if match:
-        return "v2", urllib.parse.unquote(match["name"])
+        return ClassifyRoute("v2", urllib.parse.unquote(match["name"]), match["version"])
     return None
 
 
@@ -59,7 +69,6 @@ async def refuse(
     """Answer `info` without touching the body; a classification request leaves its event."""
     route = classify_route(scope)
     if recorder is not None and route is not None:
-        family, model = route
         latency_ms = (time.monotonic() - started) * 1000.0
-        recorder.record_refused(caller_of(scope), family, info, latency_ms, model)
+        recorder.record_refused(caller_of(scope), route.family, info, latency_ms, route.model)
     await send_error(scope, send, info, extra_headers)
