@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from batchserve.client import commands as client_commands
 from batchserve.deploy import cli as deploy_commands
 from batchserve.events import commands as events_commands
 from batchserve.jobs import commands as queue_commands
@@ -32,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     loadtest_commands.register(sub)  # loadtest, bench
     deploy_commands.register(sub)  # deploy aws, deploy gcp
     queue_commands.register(sub)  # queue up|down|status|redrive, worker
+    client_commands.register(sub)  # classify
     return parser
 
 

@@ -27,15 +27,15 @@ ALLOWED = {
     "model_repo": set(),
     "events": {"client"},
     "serving": {"batching", "model_repo", "events"},
-    "server": {"serving", "batching", "model_repo", "events", "client"},
-    "loadtest": {"batching", "model_repo", "server", "serving", "client"},
+    "server": {"serving", "batching", "model_repo", "events", "client", "jobs"},
+    "loadtest": {"batching", "model_repo", "server", "serving", "client", "jobs"},
     "deploy": set(),
     "jobs": {"serving", "events", "model_repo", "batching", "client"},
 }
 COMMAND_MODULES = {
     "batchserve.server.cli", "batchserve.model_repo.commands", "batchserve.server.model_control",
     "batchserve.events.commands", "batchserve.loadtest.commands", "batchserve.deploy.cli",
-    "batchserve.jobs.commands", "batchserve.server.auth.commands",
+    "batchserve.jobs.commands", "batchserve.server.auth.commands", "batchserve.client.commands",
 }
 
 
