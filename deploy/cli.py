@@ -2,6 +2,7 @@
 
     batchserve deploy aws --image IMAGE [--region R] [--min N --max N] [--instance-type T]
                           [--stack-name NAME] [--out DIR] [--dry-run | --status | --destroy]
+                          [--mode direct|queue [--queue-name NAME]]
     batchserve deploy gcp --image IMAGE [--region R] [--min N --max N] [--service-name NAME]
                           [--project P] [--out DIR] [--dry-run | --status | --destroy]
 
@@ -12,16 +13,22 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from pathlib import Path
 from typing import TextIO
 
+from batchserve.deploy.aws import cfn_yaml
 from batchserve.deploy.errors import DeployError, UsageError, ValidationFailed
 from batchserve.deploy.regions import check_aws_region, check_gcp_region
 from batchserve.deploy.render import AwsProfile, GcpProfile, render_aws, render_gcp, service_commands, shell
 from batchserve.deploy.validate import check_cloud_run_service, lint_cloudformation
 
 DEFAULT_OUT = Path("deploy-out")
+# `deploy aws --mode`: the packaged template of each mode and the folder it renders into by default.
+AWS_TEMPLATES = {"direct": "template.yaml", "queue": "queue_template.yaml"}
+AWS_OUT = {"direct": "aws", "queue": "aws-queue"}
+_QUEUE_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,37}$")  # queue_template.yaml's QueueName pattern
 
 
 def _add_common(parser: argparse.ArgumentParser, cloud: str, name_flag: str) -> None:
@@ -38,7 +45,10 @@ def _add_common(parser: argparse.ArgumentParser, cloud: str, name_flag: str) -> 
         help="secret holding the PostgreSQL URL for events "
         + ("(Secrets Manager ARN)" if cloud == "aws" else "(Secret Manager secret name)"),
     )
-    parser.add_argument("--out", type=Path, help=f"folder for the rendered files (default ./deploy-out/{cloud}/)")
+    queue_out = f"; ./deploy-out/{AWS_OUT['queue']}/ with --mode queue" if cloud == "aws" else ""
+    parser.add_argument(
+        "--out", type=Path, help=f"folder for the rendered files (default ./deploy-out/{cloud}/{queue_out})"
+    )
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--dry-run", action="store_true", help="render, validate and print the commands; apply nothing")
     mode.add_argument("--status", action="store_true", help="show what is deployed")
@@ -59,6 +69,17 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
     aws = clouds.add_parser("aws", help="CloudFormation stack: GPU Auto Scaling group behind an ALB")
     _add_common(aws, "aws", "--stack-name")
+    aws.add_argument(
+        "--mode",
+        choices=AWS_TEMPLATES,
+        default="direct",
+        help="direct: GPU instances serve HTTP behind the ALB (template.yaml); queue: a CPU web tier behind the "
+        "ALB, SQS and S3, and GPU workers scaled on the queue's backlog (queue_template.yaml). --min, --max and "
+        "--instance-type size the GPU group in both (default direct)",
+    )
+    aws.add_argument(
+        "--queue-name", metavar="NAME", help="--mode queue: deployment name NAME (default: the stack name)"
+    )
     aws.add_argument("--instance-type", help="GPU instance type (template default g4dn.xlarge)")
     aws.add_argument("--vpc-id", help="VPC (default: the region's default VPC)")
     aws.add_argument("--subnet-ids", help="comma-separated subnets in two or more zones (with --vpc-id)")
@@ -142,6 +163,15 @@ def _aws_parameters(args: argparse.Namespace) -> dict[str, str]:
         "VpcId": args.vpc_id,
         "SubnetIds": args.subnet_ids,
     }
+    if args.mode == "queue":
+        if args.queue_name is None and not _QUEUE_NAME.match(args.name):
+            raise UsageError(
+                f"the stack name {args.name!r} cannot name the queues and buckets (1-38 lower-case letters, "
+                "digits or '-'): pass --queue-name NAME"
+            )
+        flags["QueueName"] = args.queue_name or args.name
+    elif args.queue_name is not None:
+        raise UsageError("--queue-name goes with --mode queue")
     values.update({k: str(v) for k, v in flags.items() if v is not None})
     for key, value in _key_values(args.param).items():
         if key in values and key != "ImageUri" and values[key] != value:
@@ -177,8 +207,10 @@ def _run_aws(args: argparse.Namespace, out: TextIO) -> int:
             vpc_id, subnets = context.default_network()
             print(f"network: default VPC {vpc_id}, subnets {', '.join(subnets)}", file=out)
             parameters.update(VpcId=vpc_id, SubnetIds=",".join(subnets))
-    out_dir = args.out or DEFAULT_OUT / "aws"
-    rendered = render_aws(AwsProfile(region=region, stack_name=args.name, parameters=parameters), out_dir)
+    out_dir = args.out or DEFAULT_OUT / AWS_OUT[args.mode]
+    template = cfn_yaml.load(cfn_yaml.TEMPLATE_PATH.with_name(AWS_TEMPLATES[args.mode]))
+    rendered = render_aws(AwsProfile(region=region, stack_name=args.name, parameters=parameters), out_dir, template,
+                          source_name=AWS_TEMPLATES[args.mode])
     print(f"rendered {rendered.template_path} and {rendered.parameters_path}", file=out)
     if not args.skip_validation:
         findings = lint_cloudformation(rendered.template_path, regions=[region])

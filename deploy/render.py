@@ -136,7 +136,10 @@ def check_parameters(template: Mapping[str, Any], values: Mapping[str, str]) -> 
     return problems
 
 
-def render_aws(profile: AwsProfile, out_dir: Path, template: Mapping[str, Any] | None = None) -> RenderedStack:
+def render_aws(profile: AwsProfile, out_dir: Path, template: Mapping[str, Any] | None = None,
+               source_name: str = "template.yaml") -> RenderedStack:
+    """The stack's template (the packaged `source_name` unless `template` is given) with this
+    deployment's values as its parameter defaults, and its parameters file, written to `out_dir`."""
     if not _NAME.match(profile.stack_name):
         raise UsageError(
             f"stack name {profile.stack_name!r} must start with a letter and hold only letters, "
@@ -154,7 +157,7 @@ def render_aws(profile: AwsProfile, out_dir: Path, template: Mapping[str, Any] |
 
     out_dir.mkdir(parents=True, exist_ok=True)
     body = (
-        "# Rendered by `batchserve deploy aws` from deploy/aws/template.yaml; this deployment's values\n"
+        f"# Rendered by `batchserve deploy aws` from deploy/aws/{source_name}; this deployment's values\n"
         "# are the parameter defaults. Edit the packaged template, not this file.\n" + cfn_yaml.dumps(source)
     )
     if len(body.encode()) > 51_200:

@@ -20,7 +20,7 @@ import aiohttp
 from aiobotocore.config import AioConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
-from batchserve.jobs.config import QueueConfig
+from batchserve.jobs.config import MAX_WAIT_TIME_S, QueueLocation
 
 # Codes that say an object, bucket or queue does not exist.
 _MISSING = {"NoSuchKey", "NoSuchBucket", "404", "NotFound", "QueueDoesNotExist",
@@ -61,17 +61,17 @@ class AwsClients:
 
 
 @contextlib.asynccontextmanager
-async def connect(config: QueueConfig, *, connections: int = 10,
+async def connect(config: QueueLocation, *, connections: int = 10,
                   environ: Mapping[str, str] = os.environ) -> AsyncIterator[AwsClients]:
     """S3 and SQS clients for `config`'s endpoint and region, with `connections` pooled connections
-    each (a worker's long polls each hold one for their whole wait)."""
+    each (a long poll holds one for its whole wait)."""
     endpoint = config.endpoint_url(environ)
     common = {"max_pool_connections": connections, "connect_timeout": CONNECT_TIMEOUT_S,
               "retries": {"mode": "standard", "max_attempts": 3}}
     # Path-style addressing: a custom endpoint (moto, MinIO) has no per-bucket host names.
     s3_config = AioConfig(read_timeout=READ_TIMEOUT_S, s3={"addressing_style": "path" if endpoint else "auto"},
                           **common)
-    sqs_config = AioConfig(read_timeout=config.wait_time_s + READ_TIMEOUT_S, **common)
+    sqs_config = AioConfig(read_timeout=MAX_WAIT_TIME_S + READ_TIMEOUT_S, **common)  # the longest poll
     session = aioboto3.Session()
     where: dict[str, Any] = {"endpoint_url": endpoint, "region_name": config.region(environ)}
     async with session.client("s3", config=s3_config, **where) as s3, \

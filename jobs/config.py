@@ -40,8 +40,8 @@ def _help(text: str) -> dict[str, str]:
 
 
 @dataclass(frozen=True)
-class QueueConfig:
-    """One deployment's buckets and queues, and the AWS endpoint that holds them."""
+class QueueLocation:
+    """Where one deployment's buckets and queues are: what every queue-mode process needs to find them."""
 
     queue_name: str | None = field(default=None, metadata=_help(
         "deployment name NAME: buckets NAME-input and NAME-output, queues NAME-requests (+ NAME-requests-dlq) and "
@@ -54,6 +54,31 @@ class QueueConfig:
         "bucket the web tier stores uploads in (default NAME-input; bucket names are global)"))
     output_bucket: str | None = field(default=None, metadata=_help(
         "bucket results go to (default NAME-output)"))
+
+    def __post_init__(self) -> None:
+        if self.queue_name is not None and not _NAME.match(self.queue_name):
+            raise ValueError(f"queue name must be 1-38 lower-case letters, digits or '-', not {self.queue_name!r}")
+        for bucket in (self.input_bucket, self.output_bucket):
+            if bucket is not None and not _BUCKET.match(bucket):
+                raise ValueError(f"{bucket!r} is not a valid S3 bucket name")
+
+    @property
+    def names(self) -> ResourceNames:
+        if self.queue_name is None:
+            raise ValueError("no queue name: pass --queue-name NAME (or set BATCHSERVE_QUEUE_NAME)")
+        return ResourceNames.of(self.queue_name, self.input_bucket, self.output_bucket)
+
+    def endpoint_url(self, environ: Mapping[str, str] = os.environ) -> str | None:
+        return self.aws_endpoint_url or environ.get("AWS_ENDPOINT_URL") or None
+
+    def region(self, environ: Mapping[str, str] = os.environ) -> str:
+        return self.aws_region or environ.get("AWS_REGION") or environ.get("AWS_DEFAULT_REGION") or DEFAULT_REGION
+
+
+@dataclass(frozen=True)
+class QueueConfig(QueueLocation):
+    """A deployment's location, and how its queues are set up and polled (by `queue up` and workers)."""
+
     visibility_timeout_s: int = field(default=30, metadata=_help(
         "seconds a received message stays hidden from other workers; a worker extends it while the image waits "
         "or runs, so this only bounds how soon a crashed worker's messages are delivered again"))
@@ -70,29 +95,13 @@ class QueueConfig:
         "days after which the output bucket's lifecycle rule expires synchronous results (prefix sync/)"))
 
     def __post_init__(self) -> None:
-        if self.queue_name is not None and not _NAME.match(self.queue_name):
-            raise ValueError(f"queue name must be 1-38 lower-case letters, digits or '-', not {self.queue_name!r}")
-        for bucket in (self.input_bucket, self.output_bucket):
-            if bucket is not None and not _BUCKET.match(bucket):
-                raise ValueError(f"{bucket!r} is not a valid S3 bucket name")
+        super().__post_init__()
         _within("visibility_timeout_s", self.visibility_timeout_s, 1, 12 * 3600)
         _within("wait_time_s", self.wait_time_s, 1, MAX_WAIT_TIME_S)
         _within("receive_max_messages", self.receive_max_messages, 1, MAX_RECEIVE_MESSAGES)
         _within("pollers", self.pollers, 1, 64)
         _within("retention_s", self.retention_s, MIN_RETENTION_S, MAX_RETENTION_S)
         _within("sync_results_days", self.sync_results_days, 1, 36500)
-
-    @property
-    def names(self) -> ResourceNames:
-        if self.queue_name is None:
-            raise ValueError("no queue name: pass --queue-name NAME (or set BATCHSERVE_QUEUE_NAME)")
-        return ResourceNames.of(self.queue_name, self.input_bucket, self.output_bucket)
-
-    def endpoint_url(self, environ: Mapping[str, str] = os.environ) -> str | None:
-        return self.aws_endpoint_url or environ.get("AWS_ENDPOINT_URL") or None
-
-    def region(self, environ: Mapping[str, str] = os.environ) -> str:
-        return self.aws_region or environ.get("AWS_REGION") or environ.get("AWS_DEFAULT_REGION") or DEFAULT_REGION
 
 
 @dataclass(frozen=True)
@@ -146,12 +155,25 @@ class WorkerConfig:
         "on SIGTERM, how long the worker may take to finish what it holds before handing the rest back"))
     log_level: LogLevel = field(default="info", metadata=_help("log level"))
     log_format: LogFormat = field(default="text", metadata=_help("text for people, json for log shippers"))
+    scale_in_protection: bool = field(default=False, metadata=_help(
+        "on an EC2 Auto Scaling instance: protect it from scale-in while this worker holds messages "
+        "(autoscaling:SetInstanceProtection), and lift the protection after --scale-in-idle-s without one and at "
+        "exit; a failed call is logged, never fatal"))
+    scale_in_idle_s: float = field(default=30.0, metadata=_help(
+        "seconds without a held message before the scale-in protection is lifted (short gaps keep it on)"))
+    instance_id: str | None = field(default=None, metadata=_help(
+        "with --scale-in-protection: this EC2 instance's id (default: from the instance metadata service)"))
+    autoscaling_group: str | None = field(default=None, metadata=_help(
+        "with --scale-in-protection: the instance's Auto Scaling group (default: its aws:autoscaling:groupName "
+        "tag, from the instance metadata service when instance metadata tags are enabled)"))
 
     def __post_init__(self) -> None:
         _within("max_held", self.max_held, 1, 10_000)
         _within("max_image_bytes", self.max_image_bytes, 1, 1 << 31)
         if not 0 < self.shutdown_grace_s <= 3600:
             raise ValueError(f"shutdown_grace_s must be in (0, 3600], not {self.shutdown_grace_s}")
+        if not 0 < self.scale_in_idle_s <= 3600:
+            raise ValueError(f"scale_in_idle_s must be in (0, 3600], not {self.scale_in_idle_s}")
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,8 @@ Errors that are the message's (malformed, unknown model, missing or undecodable 
 the moment (S3 or SQS away, the batcher full or closing, a failed batch) are not answered: the
 message goes back to the queue for another try, and one that keeps failing ends in the
 dead-letter queue after three deliveries.
+
+An image of a cancelled job is answered `cancelled` before its image is read: no inference.
 """
 
 from __future__ import annotations
@@ -13,16 +15,18 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from botocore.exceptions import ClientError
 
 from batchserve.jobs.aws import AwsClients, error_code, is_missing
 from batchserve.jobs.backoff import GaveUp, retrying
+from batchserve.jobs.cancellation import CancelledJobs
 from batchserve.jobs.config import ResourceNames, WorkerConfig
 from batchserve.jobs.errors import ImageNotFound, InvalidReplyQueue, MalformedMessage
 from batchserve.jobs.held import HeldMessage
+from batchserve.jobs.job_errors import JobCancelled
 from batchserve.jobs.messages import (
     ErrorBody,
     Prediction,
@@ -71,6 +75,10 @@ class Handler:
     responder: Responder
     ledger: EventLedger
     keep_trying: Callable[[], bool]
+    cancellations: CancelledJobs = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.cancellations = CancelledJobs(self.aws, self.names, self.keep_trying)
 
     async def handle(self, held: HeldMessage) -> Outcome:
         try:
@@ -93,6 +101,8 @@ class Handler:
         model_name, version = request.model, request.version
         try:
             destination = await self.responder.destination(request.reply_to)
+            if request.job_id is not None and await self.cancellations.cancelled(request.job_id):
+                raise JobCancelled(f"job {request.job_id} was cancelled before this image ran")
             model = self.serving.registry.find(request.model, request.version)
             model_name, version = model.name, model.version
             k = validate_top_k(request.top_k, model)

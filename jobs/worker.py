@@ -23,9 +23,11 @@ from batchserve.jobs.aws import AwsClients, connect, is_missing, is_unavailable
 from batchserve.jobs.backoff import Backoff, GaveUp, retrying
 from batchserve.jobs.capacity import Capacity
 from batchserve.jobs.config import ResourceNames, WorkerSettings
+from batchserve.jobs.dead_letters import drain_dead_letters
 from batchserve.jobs.errors import QueueModeSetupError
 from batchserve.jobs.handling import Answered, Handler
 from batchserve.jobs.held import HeldMessage, Holdings
+from batchserve.jobs.protection import ScaleInProtection
 from batchserve.jobs.recording import EventLedger
 from batchserve.jobs.replies import Responder
 from batchserve.model_repo.errors import ModelRepoError
@@ -82,8 +84,9 @@ class Worker:
             return 1
         self._serving = serving
         try:
-            async with connect(settings.queue, connections=settings.queue.pollers + EXTRA_CONNECTIONS) as aws:
-                return await self._serve(aws, serving)
+            async with connect(settings.queue, connections=settings.queue.pollers + EXTRA_CONNECTIONS) as aws, \
+                    ScaleInProtection(settings.queue, settings.worker) as protection:
+                return await self._serve(aws, serving, protection)
         finally:
             await self._close_serving()
 
@@ -93,7 +96,7 @@ class Worker:
         if serving is not None:
             await serving.close(self.settings.worker.shutdown_grace_s * CLOSE_SHARE)
 
-    async def _serve(self, aws: AwsClients, serving: Serving) -> int:
+    async def _serve(self, aws: AwsClients, serving: Serving, protection: ScaleInProtection) -> int:
         try:
             requests_url = await self._queue_url(aws, self.names.requests)
             responses_url = await self._queue_url(aws, self.names.responses)
@@ -104,19 +107,22 @@ class Worker:
             return 0  # stopped before SQS was ever reachable: nothing was received
         ledger = EventLedger(serving.writer)
         holdings = Holdings(aws, requests_url, self.settings.queue.visibility_timeout_s, ledger.settled_total)
+        protection.watch(holdings.__len__)
         responder = Responder(aws, self.names, responses_url, self.keep_trying)
         handler = Handler(serving, aws, self.names, self.settings.worker, responder, ledger, self.keep_trying)
         capacity = Capacity(self._held_limit(serving))
         keeper = asyncio.create_task(holdings.run(), name="holdings")
+        dead_letters = asyncio.create_task(drain_dead_letters(aws, self.names, responder, ledger, self._stop),
+                                           name="dead-letters")
         pollers = [asyncio.create_task(self._poll(aws, requests_url, capacity, holdings, handler), name=f"poll-{i}")
                    for i in range(self.settings.queue.pollers)]
         log.info("worker ready: %d long polls of %s (up to %d messages each, %d held at most); models: %s",
                  len(pollers), self.names.requests, self.settings.queue.receive_max_messages, capacity.limit,
                  ", ".join(serving.registry.names()))
         await self._stop.wait()
-        for task in pollers:
+        for task in [*pollers, dead_letters]:
             task.cancel()
-        await asyncio.gather(*pollers, return_exceptions=True)
+        await asyncio.gather(*pollers, dead_letters, return_exceptions=True)
         await self._finish_held()
         # The events of answered messages are flushed before those messages are deleted.
         await self._close_serving()

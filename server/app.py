@@ -13,6 +13,8 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 
 from batchserve import __version__
+from batchserve.jobs.errors import QueueModeSetupError
+from batchserve.jobs.web_tier import QueueBackend, WebTierSettings
 from batchserve.server.admission import AdmissionMiddleware
 from batchserve.server.auth.gatekeeper import Gatekeeper
 from batchserve.server.auth.policy import AccessPolicy
@@ -23,6 +25,7 @@ from batchserve.server.lease_scope import LeaseScopeMiddleware
 from batchserve.server.metrics import HttpMetricsMiddleware, Metrics
 from batchserve.server.request_context import RequestIdMiddleware
 from batchserve.server.routes.health import healthz, readyz
+from batchserve.server.routes.jobs import JobsController
 from batchserve.server.routes.metrics import metrics as metrics_route
 from batchserve.server.routes.repository import RepositoryController
 from batchserve.server.routes.stats import stats
@@ -30,6 +33,7 @@ from batchserve.server.routes.v1 import ClassifyController
 from batchserve.server.routes.v2 import V2Controller
 from batchserve.server.state import AppState
 from batchserve.server.ui import PAGE_PATHS, STATIC_PREFIX, template_config, ui_route_handlers
+from batchserve.serving.backend import Backend, DirectBackend
 from batchserve.serving.core import Serving
 from batchserve.serving.pressure import Bound
 
@@ -39,10 +43,15 @@ SCHEMA_PATH = "/schema"
 
 def build_state(config: ServerConfig) -> AppState:
     metrics = Metrics()
+    queued = config.backend.backend == "queue"
     serving = Serving.build(config.serving, config.events, retire_grace_s=config.lifecycle.shutdown_grace,
-                            on_batch=metrics.observe_batch)
+                            on_batch=metrics.observe_batch, catalog_only=queued)
     serving.classifier.pending_decodes = Bound(config.admission.max_pending_decodes)
-    state = AppState(config=config, serving=serving, metrics=metrics)
+    backend: Backend = DirectBackend(serving.classifier)
+    if queued:
+        backend = QueueBackend(WebTierSettings(config.queue, config.backend.queue_timeout_ms,
+                                               config.backend.reply_pollers))
+    state = AppState(config=config, serving=serving, backend=backend, metrics=metrics)
     metrics.watch(state)
     return state
 
@@ -51,6 +60,11 @@ async def _load_models(state: AppState, on_failure: Callable[[], None]) -> None:
     registry = state.serving.registry
     try:
         await registry.load_configured()
+        await state.backend.start()
+    except QueueModeSetupError as exc:
+        log.error("%s; the server cannot become ready", exc)
+        on_failure()
+        raise
     except Exception:
         log.exception("loading models failed; the server cannot become ready")
         on_failure()
@@ -76,6 +90,7 @@ def make_lifespan(
         finally:
             if loader is not None and not loader.done():
                 loader.cancel()
+            await state.backend.close(state.lifecycle.seconds_left(state.config.lifecycle.shutdown_grace) / 4)
             # In-flight and queued batches finish, then events flush, within what is left of the grace.
             await state.serving.close(state.lifecycle.seconds_left(state.config.lifecycle.shutdown_grace))
             log.info("stopped")
@@ -88,7 +103,7 @@ def create_app(config: ServerConfig, *, load_in_background: bool = False, state:
     gatekeeper = Gatekeeper(config, AccessPolicy(PAGE_PATHS, SCHEMA_PATH, STATIC_PREFIX))
     app = Litestar(
         route_handlers=[ClassifyController, V2Controller, RepositoryController, metrics_route, stats, healthz, readyz,
-                        *ui_route_handlers()],
+                        JobsController, *ui_route_handlers()],
         template_config=template_config(),
         dependencies={"app_state": Provide(lambda: state, use_cache=True, sync_to_thread=False)},
         # Route families render their own errors (see server/errors.py); this answers the rest.

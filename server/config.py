@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Literal
 
 from batchserve.events.config import EventsConfig
+from batchserve.jobs.config import QueueLocation
+from batchserve.serving.backend import BackendName
 from batchserve.serving.config import ServingConfig
 from batchserve.serving.pressure import MAX_PENDING_DECODES
 
@@ -155,8 +157,32 @@ class CloudWatchConfig:
 
 
 @dataclass(frozen=True)
+class BackendConfig:
+    """Who classifies: this process, or queue workers behind S3 and SQS (docs/queue-mode.md)."""
+
+    backend: BackendName = field(default="direct", metadata={
+        "help": "'direct' classifies in this process; 'queue' is a web tier: images go to workers through "
+                "S3 + SQS (with --queue-name), and /v1/jobs takes bulk work"})
+    queue_timeout_ms: float = field(default=30000.0, metadata={
+        "help": "queue backend: longest wait for a worker's answer (a request's own shorter deadline wins); "
+                "past it the answer is 504 deadline_exceeded"})
+    allowed_buckets: tuple[str, ...] = field(default=(), metadata={
+        "help": "queue backend: buckets a job may name in s3:// inputs (none: only uploads)"})
+    reply_pollers: int = field(default=2, metadata={
+        "help": "queue backend: long polls kept on this instance's reply queue"})
+
+    def __post_init__(self) -> None:
+        if not 0 < self.queue_timeout_ms <= 15 * 60 * 1000:
+            raise ValueError(f"queue_timeout_ms must be in (0, 900000], not {self.queue_timeout_ms:g}")
+        if not 1 <= self.reply_pollers <= 16:
+            raise ValueError(f"reply_pollers must be in 1..16, not {self.reply_pollers}")
+
+
+@dataclass(frozen=True)
 class ServerConfig:
     listen: ListenConfig = field(default_factory=ListenConfig)
+    backend: BackendConfig = field(default_factory=BackendConfig)
+    queue: QueueLocation = field(default_factory=QueueLocation)
     serving: ServingConfig = field(default_factory=ServingConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     admission: AdmissionConfig = field(default_factory=AdmissionConfig)
@@ -168,6 +194,9 @@ class ServerConfig:
     cloudwatch: CloudWatchConfig = field(default_factory=CloudWatchConfig)
 
     def __post_init__(self) -> None:
+        if self.backend.backend == "queue" and self.queue.queue_name is None:
+            raise ValueError("--backend queue needs the deployment's name: --queue-name NAME "
+                             "(or BATCHSERVE_QUEUE_NAME)")
         if self.control.model_control == "explicit" and self.auth.admin_key is None:
             raise ValueError("--model-control explicit needs an admin key (--admin-key or BATCHSERVE_ADMIN_KEY): "
                              "loading and unloading models is never open to anyone who can reach the port")

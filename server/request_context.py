@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import re
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 from litestar.types import Message, Receive, Scope, Send
@@ -68,6 +69,7 @@ def caller_of(scope: Scope) -> Caller:
         user=state.get(_USER) or user_from_api_key(presented_key(scope)),
         client_ip=client[0] if client else None,
         user_agent=_header(scope, b"user-agent"),
+        received_at=datetime.now(UTC),
     )
 
 

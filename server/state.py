@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from batchserve.server.admission import AdmissionGate
 from batchserve.server.config import ServerConfig
 from batchserve.server.metrics import Metrics
+from batchserve.serving.backend import Backend
 from batchserve.serving.core import Serving
 from batchserve.serving.errors import Draining
 
@@ -40,6 +41,7 @@ class Lifecycle:
 class AppState:
     config: ServerConfig
     serving: Serving
+    backend: Backend  # who classifies /v1 images: the serving core's classifier, or queue workers
     metrics: Metrics | None = None
     lifecycle: Lifecycle = field(default_factory=Lifecycle)
     admission: AdmissionGate = field(init=False)
@@ -49,7 +51,8 @@ class AppState:
 
     @property
     def ready(self) -> bool:
-        return self.lifecycle.warm and not self.lifecycle.draining and self.serving.registry.ready
+        return (self.lifecycle.warm and not self.lifecycle.draining and self.serving.registry.ready
+                and self.backend.ready)
 
     def refuse_if_draining(self) -> None:
         if self.lifecycle.refusing:

@@ -71,10 +71,14 @@ class Classified:
     queue_ms: float
     inference_ms: float
     batch_size: int
+    # Answered by a queue worker, which decoded the image and wrote the sample's event itself (see
+    # jobs/web_tier.py): `sent` is the image as the client sent it.
+    recorded_elsewhere: bool = False
+    sent: ImageInput | None = None
 
     @property
     def image(self) -> ImageInput | None:
-        return self.decoded.image if self.decoded is not None else None
+        return self.decoded.image if self.decoded is not None else self.sent
 
 
 @dataclass(frozen=True)
@@ -86,6 +90,7 @@ class Failed:
     error: ErrorInfo
     stage: Literal["decode", "batch"]
     decoded: DecodedInput | None = None
+    recorded_elsewhere: bool = False  # as for Classified
 
 
 SampleResult = Classified | Failed

@@ -36,12 +36,13 @@ class Serving:
 
     @classmethod
     def build(cls, config: ServingConfig, events: EventsConfig, *, retire_grace_s: float,
-              on_batch: BatchObserver | None = None) -> Serving:
+              on_batch: BatchObserver | None = None, catalog_only: bool = False) -> Serving:
         writer = EventWriter(events) if events.enabled else None
         threads = config.preprocess_threads or os.cpu_count() or 2
         return cls(
             config=config,
-            registry=ModelRegistry(config, retire_grace_s=retire_grace_s, on_batch=on_batch),
+            registry=ModelRegistry(config, retire_grace_s=retire_grace_s, on_batch=on_batch,
+                                   catalog_only=catalog_only),
             classifier=Classifier(ThreadPoolExecutor(threads, thread_name_prefix="decode")),
             recorder=Recorder(writer),
             writer=writer,

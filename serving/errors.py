@@ -107,6 +107,21 @@ class ErrorAnswer(ServeError):
         self.status, self.code = info.status, info.code
 
 
+# The status of each code a queue worker writes into a result, for the front end that answers from
+# it. What the worker did not foresee (a bug of its own, a dead-lettered message) is the web tier's
+# 502: the service behind it failed, not the request.
+STATUS_OF_CODE = {
+    "invalid_request": 400, "invalid_image": 400, "invalid_parameter": 422, "payload_too_large": 413,
+    "unsupported_media_type": 415, "model_not_found": 404, "image_not_found": 404, "deadline_exceeded": 504,
+    "queue_full": 503, "draining": 503, "model_not_ready": 503, "overloaded": 503,
+}
+UPSTREAM_FAILURE_STATUS = 502
+
+
+def status_of(code: str) -> int:
+    return STATUS_OF_CODE.get(code, UPSTREAM_FAILURE_STATUS)
+
+
 def retry_after(seconds: float) -> dict[str, str]:
     return {"Retry-After": str(max(1, math.ceil(seconds)))}
 

@@ -22,6 +22,7 @@ class Caller:
     user: str
     client_ip: str | None
     user_agent: str | None
+    received_at: datetime | None = None  # wall-clock time the request arrived (a queue message carries it)
 
 
 class Recorder:
@@ -31,11 +32,13 @@ class Recorder:
         self.writer = writer
 
     def record(self, caller: Caller, route: str, outcome: Classification, latency_ms: float) -> None:
-        """One event per sample the request attempted."""
+        """One event per sample the request attempted, but for samples whose worker recorded them."""
         if self.writer is None:
             return
         base = _base(caller, route, outcome.model.name, outcome.model.version, latency_ms)
         for result in outcome.results:
+            if result.recorded_elsewhere:
+                continue
             fields = dict(base, event_id=uuid.uuid4().hex)
             image, decoded = result.image, result.decoded
             if image is not None:

@@ -78,8 +78,11 @@ class ModelRegistry:
     for the requests that hold it before it closes anyway."""
 
     def __init__(self, config: ServingConfig, *, retire_grace_s: float = 8.0,
-                 on_batch: BatchObserver | None = None) -> None:
+                 on_batch: BatchObserver | None = None, catalog_only: bool = False) -> None:
         self.config = config
+        # A front end whose models run elsewhere (queue workers) knows their names, versions, labels
+        # and limits, so it answers /v1/models, top_k bounds and model_not_found itself; no session loads.
+        self.catalog_only = catalog_only
         self.retire_grace_s = retire_grace_s
         self._on_batch = on_batch
         self._models: dict[str, dict[int, LoadedModel]] = {}
@@ -189,6 +192,8 @@ class ModelRegistry:
                 if current is not None and current.fingerprint is not None \
                         and current.fingerprint == _fingerprint(spec, version):
                     fresh.append(current)
+                elif self.catalog_only:
+                    fresh.append(self._catalog_version(spec, version))
                 else:
                     fresh.append(await asyncio.to_thread(self._load_version, spec, version))
             self._specs[name] = spec
@@ -288,6 +293,22 @@ class ModelRegistry:
             preprocess=spec.preprocessing, batching=batching, limits=settings.limits, batcher=batcher,
             providers=list(runner.providers), input_name=spec.input_name, input_shape=spec.input_shape,
             output_name=spec.output_name, runner=runner, executor=executor, fingerprint=fingerprint,
+        )
+
+    def _catalog_version(self, spec: ModelSpec, version: int) -> LoadedModel:
+        """A version as a front end without the model sees it: everything but a session. Its batcher
+        only keeps LoadedModel's shape (stats, drain state): no route sends it samples."""
+        settings = self._settings(spec.name, spec.batching)
+
+        async def run_elsewhere(samples: list[np.ndarray]) -> list[np.ndarray]:
+            raise ModelLoadError(f"{spec.name} v{version} runs on the queue workers, not in this process")
+
+        return LoadedModel(
+            name=spec.name, version=version, description=spec.description, labels=spec.read_labels(),
+            preprocess=spec.preprocessing, batching=settings.batching, limits=settings.limits,
+            batcher=Batcher(run_elsewhere, settings.batching, name=f"{spec.name}:{version}"),
+            providers=["queue workers"], input_name=spec.input_name, input_shape=spec.input_shape,
+            output_name=spec.output_name, fingerprint=_fingerprint(spec, version),
         )
 
     def _simulated(self, cost: CostModel) -> LoadedModel:

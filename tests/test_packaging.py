@@ -64,6 +64,7 @@ def test_the_wheel_ships_the_files_its_code_reads(wheel: Path) -> None:
         "batchserve/server/ui/static/js/api.js",
         "batchserve/loadtest/targets.toml",
         "batchserve/deploy/aws/template.yaml",
+        "batchserve/deploy/aws/queue_template.yaml",
         "batchserve/client/http.py",
     ):
         assert needed in names

@@ -69,8 +69,11 @@ def status(context: AwsContext, stack_name: str, out: TextIO) -> int:
     if stack.get("StackStatusReason"):
         print(f"  reason: {stack['StackStatusReason']}", file=out)
     _print_outputs(stack, out)
-    group = outputs_of(stack).get("AutoScalingGroupName")
-    if group:
+    # One group in direct mode; the workers' and the web tier's in queue mode.
+    groups = [value for key, value in outputs_of(stack).items() if key.endswith("AutoScalingGroupName")]
+    for group in groups:
+        if len(groups) > 1:
+            print(f"group {group}:", file=out)
         for line in capacity_lines(context, group):
             print(line, file=out)
     in_progress = stack["StackStatus"].endswith("_IN_PROGRESS") and "ROLLBACK" not in stack["StackStatus"]
@@ -82,8 +85,8 @@ def destroy(context: AwsContext, stack_name: str, out: TextIO, *, poll_interval_
     stack = ops.destroy()
     if stack is not None:
         print(f"stack {stack_name} deleted", file=out)
-        bucket = outputs_of(stack).get("BucketName")
-        if bucket:
+        buckets = [value for key, value in outputs_of(stack).items() if key.endswith("BucketName")]
+        for bucket in buckets:
             print(
                 f"bucket {bucket} was kept with its objects; remove it with: aws s3 rb s3://{bucket} --force", file=out
             )

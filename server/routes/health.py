@@ -13,13 +13,16 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@get("/readyz", summary="200 when every model is loaded and warm and the server is not draining", tags=["health"])
+@get("/readyz", summary="200 when models are warm, the backend answers and the server is not draining",
+     tags=["health"])
 async def readyz(app_state: NamedDependency[AppState]) -> Response[dict[str, object]]:
     life = app_state.lifecycle
     if life.draining:
         status = "draining"
     elif not (life.warm and app_state.serving.registry.ready):
         status = "loading"
+    elif not app_state.backend.ready:
+        status = "backend_unavailable"  # a queue web tier that cannot reach S3/SQS
     else:
         status = "ready"
     body: dict[str, object] = {

@@ -40,7 +40,7 @@ TOP_K_SCHEMA = {**_NOT_NULL, "type": OpenAPIType.INTEGER, "minimum": 1, "default
 TIMEOUT_SCHEMA = {**_NOT_NULL, "type": OpenAPIType.NUMBER, "exclusive_minimum": 0}
 # A multipart request whose files all failed answers with its per-file results, under the first error's status.
 CLASSIFY_ERRORS = {
-    **error_responses(ErrorResponse | MultiClassifyResult, 400, 413, 415, 503, 504),
+    **error_responses(ErrorResponse | MultiClassifyResult, 400, 413, 415, 502, 503, 504),
     **error_responses(ErrorResponse, 404, 422),
 }
 
@@ -133,7 +133,7 @@ class ClassifyController(Controller):
             k = validate_top_k(requested_k, loaded)
             deadline = Deadline.for_request(loaded, requested_ms, record.started)
             images, multipart = await read_images(request, app_state.config.limits.max_images_per_request)
-            outcome = await serving.classifier.classify_images(loaded, images, k, deadline)
+            outcome = await app_state.backend.classify_images(loaded, images, k, deadline, record.caller)
             total_ms = record.finish(outcome)
         request_id = record.caller.request_id
         if multipart:

@@ -33,6 +33,7 @@ from batchserve.server.v2.metadata import model_config, model_metadata, server_m
 from batchserve.server.v2.openapi import InferOperation
 from batchserve.server.v2.outputs import build_outputs
 from batchserve.server.v2.plan import Plan, plan_request
+from batchserve.serving.backend import NotServedHere
 from batchserve.serving.classifier import Classification, Classified, Classifier, Deadline, ImageInput
 from batchserve.serving.errors import Draining, ErrorAnswer, ErrorInfo, InvalidRequest, ModelNotReady
 from batchserve.serving.registry import LoadedModel
@@ -58,7 +59,7 @@ TimeoutHeader = Annotated[str | None, HeaderParameter(
     schema_extra={"one_of": None, "type": OpenAPIType.NUMBER, "exclusive_minimum": 0},
 )]
 MODEL_ERRORS = error_responses(V2ErrorResponse, 400, 404)
-INFER_ERRORS = error_responses(V2ErrorResponse, 400, 404, 413, 415, 422, 503, 504)
+INFER_ERRORS = error_responses(V2ErrorResponse, 400, 404, 413, 415, 422, 501, 503, 504)
 
 
 def parse_version(version: str | None) -> int | None:
@@ -175,6 +176,9 @@ class V2Controller(Controller):
         serving = app_state.serving
         with recording(serving.recorder, request, ROUTE, name) as record:
             app_state.refuse_if_draining()
+            if app_state.backend.name != "direct":
+                raise NotServedHere("this web tier classifies through its queue workers, which take images on "
+                                    "/v1/classify and /v1/jobs; V2 inference needs a server run with --backend direct")
             model = record.uses(serving.registry.lease(name, parse_version(version)))
             decoded = await _parse(request, app_state, header_length)
             plan = plan_request(decoded, model, app_state.config.limits.max_images_per_request)
