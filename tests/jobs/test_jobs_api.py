@@ -8,6 +8,9 @@ import asyncio
 import concurrent.futures
 import dataclasses
 import json
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Awaitable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -489,3 +492,32 @@ async def test_a_submission_that_fails_midway_answers_503_and_cancels_the_job(se
         assert (state.status, state.failed, state.pending) == ("cancelled", 3, 0)
     finally:
         await backend.close(1.0)
+
+
+def bulk_client(setup: Setup, *args: str) -> tuple[int, list[dict[str, Any]], str]:
+    """`batchserve classify ... --jobs` against the web tier: exit status, its JSONL records, stderr."""
+    out = setup.cwd / f"bulk-{new_job_id()}.jsonl"
+    done = subprocess.run([sys.executable, "-m", "batchserve", "classify", *args, "--url", setup.web.url, "--jobs",
+                           "--api-key", setup.alice, "--model", MODEL, "--top-k", "3", "--out", str(out), "--quiet"],
+                          capture_output=True, text=True, timeout=120, env={**os.environ, **setup.env})
+    records = [json.loads(line) for line in out.read_text().splitlines()] if out.exists() else []
+    return done.returncode, records, done.stderr
+
+
+def test_the_bulk_client_submits_folders_and_s3_prefixes_as_jobs_and_writes_their_results(
+        setup: Setup, worker: WorkerProcess, photos: list[LabelledImage], images_dir: Path) -> None:
+    status, records, stderr = bulk_client(setup, str(images_dir))
+    assert status == 0, stderr
+    by_name = {Path(r["path"]).name: r for r in records}
+    assert sorted(by_name) == sorted(p.name for p in photos)
+    for photo in photos:
+        record = by_name[photo.name]
+        assert record["status"] == "ok" and photo.expected.check([p["class_id"] for p in record["predictions"]])
+    status, records, stderr = bulk_client(setup, f"s3://{setup.photos}/album/")
+    assert status == 0, stderr
+    assert sorted(r["path"].rsplit("/", 1)[-1] for r in records) == sorted(p.name for p in photos)
+    assert all(r["status"] == "ok" for r in records)
+    # A bucket the web tier does not allow: the job is refused, and the client says so and fails.
+    status, records, stderr = bulk_client(setup, "s3://someone-elses-photos/album/")
+    assert status == 1 and records == [], stderr
+    assert "403" in stderr and "someone-elses-photos" in stderr and "--allowed-buckets" in stderr
