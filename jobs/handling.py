@@ -12,6 +12,7 @@ An image of a cancelled job is answered `cancelled` before its image is read: no
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -178,13 +179,19 @@ class Handler:
             return Retry(f"S3 or SQS stayed unavailable until shutdown: {gave_up}", delay_s=0)
 
     async def _deliver(self, result: Result, key: str | None, destination: str | None) -> Outcome:
-        """Store the result object, then answer; the event was recorded just before."""
+        """Store the result object and answer; the event was recorded just before. A synchronous
+        request's client waits for the answer, not the object, so both go out at once; a job's
+        answer follows its object, so whoever reads the answer finds the object too."""
         event_number = self.ledger.put_total
         body = encode(result)
+        stored: asyncio.Future[object] | None = None
         if key is not None:
-            await retrying(lambda: self.aws.s3.put_object(Bucket=self.names.output_bucket, Key=key, Body=body,
-                                                          ContentType="application/json"),
-                           f"writing s3://{self.names.output_bucket}/{key}", log, self.keep_trying)
+            stored = asyncio.ensure_future(retrying(
+                lambda: self.aws.s3.put_object(Bucket=self.names.output_bucket, Key=key, Body=body,
+                                               ContentType="application/json"),
+                f"writing s3://{self.names.output_bucket}/{key}", log, self.keep_trying))
+            if result.job_id is not None or destination is None:
+                await stored
         if destination is None:
             log.info("the reply queue of request %s is gone; its result is stored only", result.request_id)
             return Answered(event_number)
@@ -193,9 +200,15 @@ class Handler:
         except ReplyQueueGone:
             log.info("the reply queue of request %s is gone; its result is stored only", result.request_id)
         except GaveUp:
+            if stored is not None:
+                stored.cancel()
             raise
         except Exception as exc:  # noqa: BLE001 - not answered: the message is delivered again
+            if stored is not None:
+                stored.cancel()
             return Retry(f"the response could not be sent: {exc}")
+        if stored is not None:
+            await stored  # fails as a store before the answer would: the message is delivered again
         return Answered(event_number)
 
 
