@@ -3,8 +3,10 @@
     batchserve deploy aws --image IMAGE [--region R] [--min N --max N] [--instance-type T]
                           [--stack-name NAME] [--out DIR] [--dry-run | --status | --destroy]
                           [--mode direct|queue [--queue-name NAME]]
+                          [--backend-url URL (--backend-key-secret-arn ARN | --backend-key-secret NAME)]
     batchserve deploy gcp --image IMAGE [--region R] [--min N --max N] [--service-name NAME]
                           [--project P] [--out DIR] [--dry-run | --status | --destroy]
+                          [--admin-key-secret NAME] [--auth required|off] [--no-events]
 
 Exit status: 0 done, 1 failed (validation, credentials, the cloud), 2 usage error.
 """
@@ -21,13 +23,22 @@ from typing import TextIO
 from batchserve.deploy.aws import cfn_yaml
 from batchserve.deploy.errors import DeployError, UsageError, ValidationFailed
 from batchserve.deploy.regions import check_aws_region, check_gcp_region
-from batchserve.deploy.render import AwsProfile, GcpProfile, render_aws, render_gcp, service_commands, shell
+from batchserve.deploy.render import (
+    AUTH_MODES,
+    AwsProfile,
+    GcpProfile,
+    render_aws,
+    render_gcp,
+    service_commands,
+    shell,
+)
 from batchserve.deploy.validate import check_cloud_run_service, lint_cloudformation
 
 DEFAULT_OUT = Path("deploy-out")
 # `deploy aws --mode`: the packaged template of each mode and the folder it renders into by default.
-AWS_TEMPLATES = {"direct": "template.yaml", "queue": "queue_template.yaml"}
-AWS_OUT = {"direct": "aws", "queue": "aws-queue"}
+# `remote` is the CPU web tier in front of a backend elsewhere (`--backend-url`).
+AWS_TEMPLATES = {"direct": "template.yaml", "queue": "queue_template.yaml", "remote": "web_template.yaml"}
+AWS_OUT = {"direct": "aws", "queue": "aws-queue", "remote": "aws-web"}
 _QUEUE_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,37}$")  # queue_template.yaml's QueueName pattern
 
 
@@ -45,7 +56,11 @@ def _add_common(parser: argparse.ArgumentParser, cloud: str, name_flag: str) -> 
         help="secret holding the PostgreSQL URL for events "
         + ("(Secrets Manager ARN)" if cloud == "aws" else "(Secret Manager secret name)"),
     )
-    queue_out = f"; ./deploy-out/{AWS_OUT['queue']}/ with --mode queue" if cloud == "aws" else ""
+    queue_out = (
+        f"; ./deploy-out/{AWS_OUT['queue']}/ with --mode queue, ./deploy-out/{AWS_OUT['remote']}/ with --backend-url"
+        if cloud == "aws"
+        else ""
+    )
     parser.add_argument(
         "--out", type=Path, help=f"folder for the rendered files (default ./deploy-out/{cloud}/{queue_out})"
     )
@@ -61,26 +76,51 @@ def _add_common(parser: argparse.ArgumentParser, cloud: str, name_flag: str) -> 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     deploy = subparsers.add_parser(
         "deploy",
-        help="deploy to AWS (EC2 GPU Auto Scaling) or Cloud Run (L4 GPU)",
+        help="deploy to AWS (EC2 GPU Auto Scaling, or a CPU web tier) or Cloud Run (L4 GPU)",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     clouds = deploy.add_subparsers(dest="cloud", required=True, metavar="{aws,gcp}")
 
-    aws = clouds.add_parser("aws", help="CloudFormation stack: GPU Auto Scaling group behind an ALB")
+    aws = clouds.add_parser(
+        "aws", help="CloudFormation stack: GPU Auto Scaling group behind an ALB, or a CPU web tier (--backend-url)"
+    )
     _add_common(aws, "aws", "--stack-name")
     aws.add_argument(
         "--mode",
         choices=AWS_TEMPLATES,
-        default="direct",
         help="direct: GPU instances serve HTTP behind the ALB (template.yaml); queue: a CPU web tier behind the "
-        "ALB, SQS and S3, and GPU workers scaled on the queue's backlog (queue_template.yaml). --min, --max and "
-        "--instance-type size the GPU group in both (default direct)",
+        "ALB, SQS and S3, and GPU workers scaled on the queue's backlog (queue_template.yaml), --min, --max and "
+        "--instance-type sizing the GPU group in both; remote: only a CPU web tier that forwards to "
+        "--backend-url (web_template.yaml), sized by --min, --max and --instance-type. Default: remote with "
+        "--backend-url, else direct",
     )
     aws.add_argument(
         "--queue-name", metavar="NAME", help="--mode queue: deployment name NAME (default: the stack name)"
     )
-    aws.add_argument("--instance-type", help="GPU instance type (template default g4dn.xlarge)")
+    aws.add_argument(
+        "--instance-type",
+        help="GPU instance type (template default g4dn.xlarge); with --backend-url the web tier's CPU type "
+        "(default c6i.large)",
+    )
+    remote = aws.add_argument_group("remote backend (--mode remote)")
+    remote.add_argument(
+        "--backend-url",
+        metavar="URL[,URL...]",
+        help="https:// URL of the batchserve server(s) that classify, e.g. a Cloud Run service's; renders a "
+        "CPU-only web tier (no GPU instances) that forwards /v1/classify there",
+    )
+    backend_key = remote.add_mutually_exclusive_group()
+    backend_key.add_argument(
+        "--backend-key-secret-arn",
+        metavar="ARN",
+        help="Secrets Manager secret holding the key the web tier presents to the backend",
+    )
+    backend_key.add_argument(
+        "--backend-key-secret",
+        metavar="NAME",
+        help="the same secret by name (in the stack's account and region)",
+    )
     aws.add_argument("--vpc-id", help="VPC (default: the region's default VPC)")
     aws.add_argument("--subnet-ids", help="comma-separated subnets in two or more zones (with --vpc-id)")
     aws.add_argument(
@@ -109,7 +149,28 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     gcp.add_argument(
         "--allow-unauthenticated",
         action="store_true",
-        help="let anyone call the service (grants roles/run.invoker to allUsers)",
+        help="let anyone reach the service (grants roles/run.invoker to allUsers); batchserve's own API keys "
+        "still apply under --auth required",
+    )
+    gcp.add_argument(
+        "--auth",
+        choices=AUTH_MODES,
+        default="required",
+        help="required (default): every API route needs a batchserve API key, from --admin-key-secret or the "
+        "key table of --database-url-secret's database; off: only Cloud Run's IAM guards the service (refused "
+        "with --allow-unauthenticated)",
+    )
+    gcp.add_argument(
+        "--admin-key-secret",
+        metavar="SECRET",
+        help="Secret Manager secret holding the server's bootstrap admin key (BATCHSERVE_ADMIN_KEY), e.g. the "
+        "key a web tier elsewhere presents",
+    )
+    gcp.add_argument(
+        "--no-events",
+        dest="events",
+        action="store_false",
+        help="record no events (a backend whose web tier records them)",
     )
     gcp.set_defaults(func=run)
     return deploy
@@ -153,7 +214,32 @@ def _key_values(items: list[str]) -> dict[str, str]:
 # ---------------------------------------------------------------- AWS
 
 
-def _aws_parameters(args: argparse.Namespace) -> dict[str, str]:
+def _aws_mode(args: argparse.Namespace) -> str:
+    """The template a run renders: --mode as given, else remote when --backend-url is, else direct."""
+    mode: str = args.mode or ("remote" if args.backend_url is not None else "direct")
+    if mode == "remote" and args.backend_url is None:
+        raise UsageError("--mode remote needs --backend-url URL (the backend the web tier forwards to)")
+    if mode != "remote":
+        if args.backend_url is not None:
+            raise UsageError(f"--backend-url renders the remote web tier; it does not go with --mode {mode}")
+        if args.backend_key_secret_arn is not None or args.backend_key_secret is not None:
+            raise UsageError("--backend-key-secret-arn / --backend-key-secret go with --backend-url")
+    return mode
+
+
+def _check_backend_key(values: dict[str, str]) -> None:
+    """The web tier presents exactly one key to the backend, read from exactly one secret."""
+    named = [k for k in ("BackendKeySecretArn", "BackendKeySecretName") if values.get(k)]
+    if not named:
+        raise UsageError(
+            "the backend requires a key: store it in Secrets Manager and pass --backend-key-secret-arn ARN "
+            "or --backend-key-secret NAME (docs/deploy.md, 'Pages on AWS, CNN on Cloud Run')"
+        )
+    if len(named) > 1:
+        raise UsageError("name the backend's key secret once: by ARN or by name, not both")
+
+
+def _aws_parameters(args: argparse.Namespace, mode: str) -> dict[str, str]:
     values = {"ImageUri": _require_image(args)}
     flags = {
         "MinSize": args.min_size,
@@ -163,7 +249,13 @@ def _aws_parameters(args: argparse.Namespace) -> dict[str, str]:
         "VpcId": args.vpc_id,
         "SubnetIds": args.subnet_ids,
     }
-    if args.mode == "queue":
+    if mode == "remote":
+        flags.update(
+            BackendUrl=args.backend_url,
+            BackendKeySecretArn=args.backend_key_secret_arn,
+            BackendKeySecretName=args.backend_key_secret,
+        )
+    if mode == "queue":
         if args.queue_name is None and not _QUEUE_NAME.match(args.name):
             raise UsageError(
                 f"the stack name {args.name!r} cannot name the queues and buckets (1-38 lower-case letters, "
@@ -179,6 +271,12 @@ def _aws_parameters(args: argparse.Namespace) -> dict[str, str]:
         values[key] = value
     if ("VpcId" in values) != ("SubnetIds" in values):
         raise UsageError("--vpc-id and --subnet-ids go together (or leave both out for the default VPC)")
+    if mode == "remote":
+        _check_backend_key(values)
+        urls = [u.strip().rstrip("/") for u in values.get("BackendUrl", "").split(",")]
+        repeated = sorted({u for u in urls if urls.count(u) > 1})
+        if repeated:
+            raise UsageError(f"--backend-url lists {repeated[0]} twice")
     return values
 
 
@@ -198,7 +296,8 @@ def _run_aws(args: argparse.Namespace, out: TextIO) -> int:
             return aws_apply.status(existing, args.name, out)
         return aws_apply.destroy(existing, args.name, out, poll_interval_s=poll, timeout_s=timeout_s)
 
-    parameters = _aws_parameters(args)
+    mode = _aws_mode(args)
+    parameters = _aws_parameters(args, mode)
     # A dry run needs neither credentials nor a network; a real one checks both before rendering.
     context = None if args.dry_run else AwsContext(region, args.endpoint_url)
     if context is not None:
@@ -207,10 +306,10 @@ def _run_aws(args: argparse.Namespace, out: TextIO) -> int:
             vpc_id, subnets = context.default_network()
             print(f"network: default VPC {vpc_id}, subnets {', '.join(subnets)}", file=out)
             parameters.update(VpcId=vpc_id, SubnetIds=",".join(subnets))
-    out_dir = args.out or DEFAULT_OUT / AWS_OUT[args.mode]
-    template = cfn_yaml.load(cfn_yaml.TEMPLATE_PATH.with_name(AWS_TEMPLATES[args.mode]))
+    out_dir = args.out or DEFAULT_OUT / AWS_OUT[mode]
+    template = cfn_yaml.load(cfn_yaml.TEMPLATE_PATH.with_name(AWS_TEMPLATES[mode]))
     rendered = render_aws(AwsProfile(region=region, stack_name=args.name, parameters=parameters), out_dir, template,
-                          source_name=AWS_TEMPLATES[args.mode])
+                          source_name=AWS_TEMPLATES[mode])
     print(f"rendered {rendered.template_path} and {rendered.parameters_path}", file=out)
     if not args.skip_validation:
         findings = lint_cloudformation(rendered.template_path, regions=[region])
@@ -255,6 +354,9 @@ def _run_gcp(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         concurrency=args.concurrency,
         database_url_secret=args.database_url_secret,
         allow_unauthenticated=args.allow_unauthenticated,
+        auth=args.auth,
+        admin_key_secret=args.admin_key_secret,
+        events=args.events,
     )
     rendered = render_gcp(profile, args.out or DEFAULT_OUT / "gcp")
     print(f"rendered {rendered.path}", file=out)

@@ -5,7 +5,8 @@ so the file alone redeploys the same thing) and `parameters.json` (CloudFormatio
 shape). Values are checked against the template's own declarations (AllowedValues, MinValue,
 AllowedPattern, ...) before anything is written, so a bad flag is a usage error, not a failed stack.
 
-Google Cloud: `service.yaml`, the Knative service with name, image, region and scale bounds filled in.
+Google Cloud: `service.yaml`, the Knative service with name, image, region, scale bounds, API-key
+mode and Secret Manager references (never secret values) filled in.
 
 Each rendering also knows the exact command that applies it, which `batchserve deploy` prints.
 """
@@ -28,8 +29,10 @@ from batchserve.deploy.errors import UsageError
 
 SERVICE_TEMPLATE = Path(__file__).parent / "gcp" / "service.yaml"
 CAPABILITIES = ("CAPABILITY_IAM",)
+AUTH_MODES = ("required", "off")  # `batchserve serve --auth`
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9-]{0,127}$")
 _SERVICE_NAME = re.compile(r"^[a-z]([a-z0-9-]{0,47}[a-z0-9])?$")
+_SECRET_ID = re.compile(r"^[A-Za-z0-9_-]{1,255}$")  # Secret Manager's secret ids
 
 
 # ---------------------------------------------------------------- AWS
@@ -188,6 +191,9 @@ class GcpProfile:
     concurrency: int | None = None
     database_url_secret: str | None = None  # Secret Manager secret holding the PostgreSQL URL
     allow_unauthenticated: bool = False
+    auth: str = "required"  # BATCHSERVE_AUTH
+    admin_key_secret: str | None = None  # Secret Manager secret holding BATCHSERVE_ADMIN_KEY
+    events: bool = True  # False: BATCHSERVE_EVENTS=false (a backend whose web tier records events)
 
 
 @dataclass(frozen=True)
@@ -246,6 +252,7 @@ def render_gcp(profile: GcpProfile, out_dir: Path) -> RenderedService:
         raise UsageError(f"--concurrency must be 1..1000 (Cloud Run's range), got {profile.concurrency}")
     if not profile.image.strip():
         raise UsageError("--image must name the image built from Dockerfile.gpu")
+    _check_access(profile)
 
     service = yaml.safe_load(SERVICE_TEMPLATE.read_text(encoding="utf-8"))
     service["metadata"]["name"] = profile.service_name
@@ -259,13 +266,18 @@ def render_gcp(profile: GcpProfile, out_dir: Path) -> RenderedService:
         template["spec"]["containerConcurrency"] = profile.concurrency
     container = template["spec"]["containers"][0]
     container["image"] = profile.image
-    if profile.database_url_secret:
-        container.setdefault("env", []).append(
-            {
-                "name": "BATCHSERVE_DATABASE_URL",
-                "valueFrom": {"secretKeyRef": {"name": profile.database_url_secret, "key": "latest"}},
-            }
-        )
+    env = container.setdefault("env", [])
+    _set_env(env, "BATCHSERVE_AUTH", profile.auth)
+    if not profile.events:
+        _set_env(env, "BATCHSERVE_EVENTS", "false")
+    # Secrets travel as references: Cloud Run reads the value when an instance starts, and
+    # neither this file nor the revision holds it.
+    for name, secret in (
+        ("BATCHSERVE_DATABASE_URL", profile.database_url_secret),
+        ("BATCHSERVE_ADMIN_KEY", profile.admin_key_secret),
+    ):
+        if secret:
+            env.append({"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": "latest"}}})
 
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "service.yaml"
@@ -277,6 +289,41 @@ def render_gcp(profile: GcpProfile, out_dir: Path) -> RenderedService:
     return RenderedService(
         profile.service_name, profile.region, profile.project, path.resolve(), service, profile.allow_unauthenticated
     )
+
+
+def _check_access(profile: GcpProfile) -> None:
+    """Who may call the service: refuse what would leave it open, or closed to everyone."""
+    if profile.auth not in AUTH_MODES:
+        raise UsageError(f"--auth must be one of {', '.join(AUTH_MODES)}, got {profile.auth!r}")
+    for flag, secret in (("--database-url-secret", profile.database_url_secret),
+                         ("--admin-key-secret", profile.admin_key_secret)):
+        if secret is not None and not _SECRET_ID.match(secret):
+            raise UsageError(
+                f"{flag} takes a Secret Manager secret name (letters, digits, '_' and '-', at most 255), "
+                f"got {secret!r}"
+            )
+    if profile.auth == "off" and profile.allow_unauthenticated:
+        raise UsageError(
+            "--auth off with --allow-unauthenticated would let anyone on the internet use the GPU: keep "
+            "--auth required (with --admin-key-secret or --database-url-secret), or drop "
+            "--allow-unauthenticated so that Cloud Run's IAM checks callers"
+        )
+    if profile.auth == "required" and not (profile.admin_key_secret or profile.database_url_secret):
+        raise UsageError(
+            "--auth required (the default) needs a key the service can check: --admin-key-secret SECRET (a "
+            "Secret Manager secret holding the bootstrap key) or --database-url-secret SECRET (keys from "
+            "`batchserve keys create` in that database); or --auth off behind Cloud Run's IAM"
+        )
+
+
+def _set_env(env: list[dict[str, Any]], name: str, value: str) -> None:
+    """Set `name` to a plain value, replacing the packaged entry when there is one."""
+    for item in env:
+        if item.get("name") == name:
+            item.clear()
+            item.update(name=name, value=value)
+            return
+    env.append({"name": name, "value": value})
 
 
 def shell(command: list[str]) -> str:

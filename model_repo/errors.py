@@ -54,3 +54,8 @@ class ModelNotFound(ModelRepoError):
 
 class ModelLoadError(ModelRepoError):
     """A model file is missing or cannot be loaded; the message names the path and the fix."""
+
+
+class ObjectStoreError(ModelLoadError):
+    """An object store repository cannot be read or written: no such bucket, no credentials, no
+    connection, a refused request. The message names the bucket and what to check."""

@@ -2,8 +2,9 @@
 
 The HTTP server's /v1 routes classify through one `Backend`. The direct backend is this process's
 classifier and batcher; the queue backend (batchserve.jobs.web_tier) sends each image through S3
-and SQS to the workers. Either answers with one `Classification` in request order, so routes
-answer, and record, alike whoever did the work.
+and SQS to the workers; the remote backend (batchserve.server.remote) forwards each request to
+other batchserve servers over HTTP. Each answers with one `Classification` in request order, so
+routes answer, and record, alike whoever did the work.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from batchserve.serving.errors import ServeError
 from batchserve.serving.recording import Caller
 from batchserve.serving.registry import LoadedModel
 
-BackendName = Literal["direct", "queue"]
+BackendName = Literal["direct", "queue", "remote"]
 
 
 class NotServedHere(ServeError):

@@ -4,7 +4,9 @@ configuration: a frozen dataclass whose fields are its sections, each a config d
 Every field of a section is one option: its name is the field's unless the field's metadata
 gives a `flag`; type, default, help and allowed values (a `Literal`'s) come from the field, so no
 command lists a setting by hand. A section field marked `knobs` in its metadata stands for the
-model knobs (serving/knobs.py): one option per knob, collected into its `KnobOverrides`.
+model knobs (serving/knobs.py): one option per knob, collected into its `KnobOverrides`. A field
+whose type the generic parser cannot read from text (a union of a path and a URL, say) names its
+own `parse` function in its metadata.
 Precedence: flag > environment > default (> a model's config.toml, for knobs).
 """
 
@@ -14,7 +16,7 @@ import argparse
 import dataclasses
 import os
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args, get_origin
@@ -33,6 +35,7 @@ class Option:
     type: Any
     default: Any
     help: str
+    parser: Callable[[str], Any] | None = None  # the field's own text parser; None: by its type
 
     @property
     def flag(self) -> str:
@@ -66,7 +69,7 @@ class Option:
         return self.field is None
 
     def parse(self, raw: str) -> Any:
-        return parse_setting(self.type, raw)
+        return self.parser(raw) if self.parser is not None else parse_setting(self.type, raw)
 
 
 def options_of(root: type) -> tuple[Option, ...]:
@@ -81,8 +84,10 @@ def options_of(root: type) -> tuple[Option, ...]:
                             for k in KNOBS.values()]
                 continue
             default = f.default if f.default is not dataclasses.MISSING else None
+            if f.default_factory is not dataclasses.MISSING:
+                default = f.default_factory()  # e.g. a directory that depends on the user: shown in --help
             options.append(Option(f.metadata.get("flag", f.name), section, f.name, hints[f.name], default,
-                                  f.metadata.get("help", "")))
+                                  f.metadata.get("help", ""), f.metadata.get("parse")))
     names = [o.name for o in options]
     duplicated = sorted({n for n in names if names.count(n) > 1})
     if duplicated:
@@ -169,7 +174,12 @@ def _argument(option: Option) -> dict[str, Any]:
         kwargs["type"] = str.lower  # as the environment variable: DEBUG is debug
     else:
         def parse(raw: str) -> Any:
-            return option.parse(raw)
+            if option.parser is None:
+                return option.parse(raw)
+            try:
+                return option.parser(raw)
+            except ValueError as exc:  # argparse shows this message; a ValueError's it would replace
+                raise argparse.ArgumentTypeError(str(exc)) from None
 
         parse.__name__ = option.name  # argparse names it in "invalid <name> value"
         kwargs["type"] = parse

@@ -15,6 +15,7 @@ import yaml
 from batchserve.deploy.cli import main
 
 IMAGE = "us-docker.pkg.dev/proj/images/batchserve:1"
+KEY = ["--admin-key-secret", "batchserve-admin-key"]  # the key --auth required (the default) checks
 RECORDER = """#!/bin/sh
 # Stands in for gcloud: records its arguments (one per line, then ---) and the prompt setting.
 for arg in "$@"; do printf '%s\\n' "$arg" >> "$GCLOUD_LOG"; done
@@ -68,6 +69,7 @@ def test_deploy_runs_exactly_the_printed_commands(
         "--max",
         "4",
         "--allow-unauthenticated",
+        *KEY,
         "--out",
         str(tmp_path / "out"),
     ]
@@ -109,7 +111,7 @@ def test_a_failing_gcloud_stops_the_sequence(
     recorded_gcloud: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setenv("GCLOUD_EXIT", "3")
-    argv = ["gcp", "--image", IMAGE, "--region", "us-east4", "--allow-unauthenticated", "--out", str(tmp_path)]
+    argv = ["gcp", "--image", IMAGE, "--region", "us-east4", "--allow-unauthenticated", *KEY, "--out", str(tmp_path)]
     assert main(argv) == 1
     assert len(calls(recorded_gcloud)) == 1  # the IAM binding never ran
     assert "failed with exit status 3" in capsys.readouterr().err
@@ -118,7 +120,7 @@ def test_a_failing_gcloud_stops_the_sequence(
 def test_dry_run_prints_commands_and_runs_nothing(
     recorded_gcloud: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(["gcp", "--image", IMAGE, "--region", "europe-west4", "--dry-run", "--out", str(tmp_path)]) == 0
+    assert main(["gcp", "--image", IMAGE, "--region", "europe-west4", *KEY, "--dry-run", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "validated: Cloud Run v1 schema and GPU rules passed" in out
     assert f"gcloud run services replace {(tmp_path / 'service.yaml').resolve()} --region europe-west4" in out
@@ -131,7 +133,7 @@ def test_missing_gcloud_is_a_clear_error(
     empty = tmp_path / "empty-bin"
     empty.mkdir()
     monkeypatch.setenv("PATH", str(empty))
-    assert main(["gcp", "--image", IMAGE, "--region", "us-east4", "--out", str(tmp_path / "out")]) == 1
+    assert main(["gcp", "--image", IMAGE, "--region", "us-east4", *KEY, "--out", str(tmp_path / "out")]) == 1
     err = capsys.readouterr().err
     assert "gcloud was not found on PATH" in err and "install the Google Cloud CLI" in err
 
@@ -142,7 +144,7 @@ def test_region_errors(recorded_gcloud: Path, tmp_path: Path, capsys: pytest.Cap
     assert main(["gcp", "--image", IMAGE, "--region", "us-centrall1", "--dry-run", "--out", str(tmp_path)]) == 2
     assert "unknown Google Cloud region 'us-centrall1'" in capsys.readouterr().err
     # A real region without L4 GPUs: warned about, not refused (the list may be behind Google's).
-    assert main(["gcp", "--image", IMAGE, "--region", "europe-west2", "--dry-run", "--out", str(tmp_path)]) == 0
+    assert main(["gcp", "--image", IMAGE, "--region", "europe-west2", *KEY, "--dry-run", "--out", str(tmp_path)]) == 0
     assert "no L4 GPUs in europe-west2" in capsys.readouterr().err
     assert main(["gcp", "--region", "us-east4", "--dry-run", "--out", str(tmp_path)]) == 2
     assert "--image is required" in capsys.readouterr().err
@@ -164,7 +166,7 @@ def test_real_gcloud_without_an_account_fails_cleanly(
     # A fresh, empty gcloud configuration: no account, so gcloud refuses before any network call.
     monkeypatch.setenv("CLOUDSDK_CONFIG", str(tmp_path / "gcloud-config"))
     monkeypatch.setenv("CLOUDSDK_CORE_PROJECT", "batchserve-test")
-    assert main(["gcp", "--image", IMAGE, "--region", "us-east4", "--out", str(tmp_path / "out")]) == 1
+    assert main(["gcp", "--image", IMAGE, "--region", "us-east4", *KEY, "--out", str(tmp_path / "out")]) == 1
     err = capfd.readouterr().err
     assert "gcloud auth login" in err  # gcloud's own advice reaches the user
     assert "failed with exit status 1" in err
@@ -173,7 +175,8 @@ def test_real_gcloud_without_an_account_fails_cleanly(
 def test_batchserve_console_script_wires_the_command(tmp_path: Path) -> None:
     script = Path(sys.executable).with_name("batchserve")
     result = subprocess.run(
-        [str(script), "deploy", "gcp", "--image", IMAGE, "--region", "us-east4", "--dry-run", "--out", str(tmp_path)],
+        [str(script), "deploy", "gcp", "--image", IMAGE, "--region", "us-east4", *KEY, "--dry-run", "--out",
+         str(tmp_path)],
         capture_output=True,
         text=True,
         timeout=120,
