@@ -6,6 +6,7 @@ Standard library only; generic over the batch function, so it knows nothing of H
 from batchserve.batching.batcher import Batcher, BatchFn, BatchOutcome, BatchRecord
 from batchserve.batching.config import BatchingConfig
 from batchserve.batching.errors import BatcherClosed, BatchingError, BatchResultMismatch, DeadlineExceeded, QueueFull
+from batchserve.batching.fit import CostEstimate
 from batchserve.batching.stats import BatcherStats, LatencySummary, nearest_rank
 
 __all__ = [
@@ -15,6 +16,7 @@ __all__ = [
     "BatchRecord",
     "BatchingConfig",
     "BatcherStats",
+    "CostEstimate",
     "LatencySummary",
     "nearest_rank",
     "BatchingError",

@@ -4,7 +4,7 @@ Driven by callbacks, with no scheduler task to wake: ``submit()`` asks for one p
 next turn of the event loop (so requests arriving in the same turn share a batch and a lone request on an idle
 batcher goes at once), a finishing batch runs a pass itself before it answers its callers (so under load the
 next batch starts before their code runs), and a timer is armed only while a batch is held open for
-``max_queue_delay_ms``.
+``max_queue_delay_ms`` (or, with ``latency_slo_ms``, for as long as the target allows: see slo.py).
 """
 
 from __future__ import annotations
@@ -20,10 +20,12 @@ from typing import Any, Generic, TypeVar
 
 from batchserve.batching.config import BatchingConfig
 from batchserve.batching.errors import BatcherClosed, BatchingError, DeadlineExceeded, QueueFull
+from batchserve.batching.fit import CostEstimate
 from batchserve.batching.invoke import check_results, is_async_callable, start_call
 from batchserve.batching.outcome import BatchOutcome, BatchRecord, deliver
 from batchserve.batching.policy import decide
 from batchserve.batching.queue import Part, Pending, RequestQueue
+from batchserve.batching.slo import SloOutlook, SloTracker
 from batchserve.batching.stats import BatcherStats, StatsRecorder
 
 __all__ = ["Batcher", "BatchOutcome", "BatchRecord", "BatchFn"]
@@ -79,6 +81,7 @@ class Batcher(Generic[T, R]):
         self._queue: RequestQueue[T] = RequestQueue()
         self._running: set[_Batch] = set()
         self._stats = StatsRecorder()
+        self._slo = SloTracker(config)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pass_scheduled: asyncio.Handle | None = None
         self._delay_timer: asyncio.TimerHandle | None = None
@@ -107,7 +110,14 @@ class Batcher(Generic[T, R]):
             queue_depth=self._queue.samples,
             queued_requests=self._queue.requests,
             inflight_batches=len(self._running),
+            cost=self._slo.estimate,
         )
+
+    @property
+    def cost_estimate(self) -> CostEstimate | None:
+        """The cost a + b·n fitted to the batches run so far (with or without a latency target), or None
+        until their sizes varied enough to tell a from b."""
+        return self._slo.estimate
 
     def refusal(self, size: int = 1) -> QueueFull | None:
         """The :class:`QueueFull` that submitting ``size`` items now would raise, or None when they fit.
@@ -226,12 +236,19 @@ class Batcher(Generic[T, R]):
         queue = self._queue
         config = self._config
         slots = config.max_inflight_batches
+        targeted = config.latency_slo_ms is not None
         try:
             while len(self._running) < slots and queue.samples:
                 oldest = queue.oldest()
                 assert oldest is not None, "queue counts samples but holds no live request"
                 now = self._clock()
-                decision = decide(config, queue.samples, now - oldest.submitted_at, flush=self._closing)
+                available = queue.samples
+                slo: SloOutlook | None = None
+                if targeted and not self._closing and available < config.max_batch_size:
+                    slo = self._slo.outlook(
+                        now, [(batch.started_at, batch.size) for batch in self._running], queue.earliest_deadline()
+                    )
+                decision = decide(config, available, now - oldest.submitted_at, flush=self._closing, slo=slo)
                 if not decision.size:
                     self._arm_delay(decision.wait_s)
                     return
@@ -308,6 +325,7 @@ class Batcher(Generic[T, R]):
             error = future.exception()
             if error is None:
                 results, error = check_results(future.result(), batch.size)
+        self._slo.observe(batch.size, batch.started_at, now, ok=error is None)
         if error is not None:
             logger.log(
                 logging.DEBUG if isinstance(error, BatcherClosed) else logging.WARNING,
@@ -326,6 +344,8 @@ class Batcher(Generic[T, R]):
             # Failing first drops the unsent rest of any split request here, so it is not computed in vain.
             deliver(batch.parts, None, error, compute_s, self._queue.drop)
             self._run_pass()
+        if error is None and self._config.latency_slo_ms is not None:
+            self._slo.answered(now, [pending.submitted_at for pending, _, stop in batch.parts if stop == pending.size])
         self._stats.batch_done(batch.size, compute_s, now, ok=error is None)
         if self._on_batch is not None:
             record = BatchRecord(batch.size, len(batch.parts), batch.queue_s_max, compute_s, error is None)

@@ -35,6 +35,11 @@ class BatchingConfig:
     max_inflight_batches: int = field(default=2, metadata={
         "help": "execution slots: batches that may run at once; batches form only when a slot is free, so under "
                 "load requests pile up while the slots are busy and the next batch is larger"})
+    latency_slo_ms: float | None = field(default=None, metadata={
+        "help": "latency target per request, submit to answer (unset or 0: off); when set, a batch is held open "
+                "only while its oldest request's predicted completion, from a cost a + b*n fitted online to the "
+                "batches run, stays within it, and not at all where batching does not pay; "
+                "max_queue_delay_ms applies until the fit is ready"})
 
     def __post_init__(self) -> None:
         _require_int("max_batch_size", self.max_batch_size, minimum=1)
@@ -47,6 +52,15 @@ class BatchingConfig:
         if not math.isfinite(delay) or delay < 0:
             raise ValueError(f"max_queue_delay_ms must be a finite number >= 0, got {delay!r}")
         object.__setattr__(self, "max_queue_delay_ms", float(delay))
+
+        slo = self.latency_slo_ms
+        if slo is not None:
+            if isinstance(slo, bool) or not isinstance(slo, (int, float)):
+                raise ValueError(f"latency_slo_ms must be a number of milliseconds, got {slo!r}")
+            if not math.isfinite(slo) or slo < 0:
+                raise ValueError(f"latency_slo_ms must be a finite number > 0 (or 0: off), got {slo!r}")
+            # 0 turns a target set in a model's config.toml off from a flag or the environment.
+            object.__setattr__(self, "latency_slo_ms", float(slo) if slo else None)
 
         preferred = self.preferred_batch_sizes
         if isinstance(preferred, (str, bytes)) or not isinstance(preferred, Iterable):
@@ -66,6 +80,10 @@ class BatchingConfig:
     @property
     def max_queue_delay_s(self) -> float:
         return self.max_queue_delay_ms / 1000.0
+
+    @property
+    def latency_slo_s(self) -> float | None:
+        return None if self.latency_slo_ms is None else self.latency_slo_ms / 1000.0
 
 
 def _require_int(name: str, value: object, *, minimum: int) -> None:

@@ -12,6 +12,10 @@ With a free slot and ``available`` samples queued:
 3. Delay running, preferred sizes set and the largest of them filled: dispatch it at once; waiting longer could
    only reach a size the model does not prefer.
 4. Otherwise wait for more work, at most until the oldest request's delay runs out.
+
+With a latency target (``latency_slo_ms``) and a fitted batch cost, the hold of steps 2-4 is no longer
+``max_queue_delay_ms`` but what the target leaves (slo.py): the delay is over once the oldest request's
+predicted completion would pass the target, or at once where batching does not pay. Everything else stays.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from bisect import bisect_right
 from dataclasses import dataclass
 
 from batchserve.batching.config import BatchingConfig
+from batchserve.batching.slo import SloOutlook
 
 __all__ = ["Decision", "decide"]
 
@@ -32,13 +37,23 @@ class Decision:
     wait_s: float = 0.0
 
 
-def decide(config: BatchingConfig, available: int, oldest_wait_s: float, *, flush: bool = False) -> Decision:
-    """Decide for ``available`` (> 0) queued samples whose oldest request has waited ``oldest_wait_s``."""
+def decide(
+    config: BatchingConfig,
+    available: int,
+    oldest_wait_s: float,
+    *,
+    flush: bool = False,
+    slo: SloOutlook | None = None,
+) -> Decision:
+    """Decide for ``available`` (> 0) queued samples whose oldest request has waited ``oldest_wait_s``.
+
+    ``slo``: the latency target's outlook, when it decides the hold instead of ``max_queue_delay_ms``."""
     cap = config.max_batch_size
     if available >= cap:
         return Decision(cap)
     preferred = config.preferred_batch_sizes
-    remaining = config.max_queue_delay_s - oldest_wait_s
+    # The delay left: the static one, or what the latency target allows.
+    remaining = config.max_queue_delay_s - oldest_wait_s if slo is None else slo.hold_s(available, oldest_wait_s)
     if flush or remaining <= 0.0:
         if preferred:
             index = bisect_right(preferred, available)

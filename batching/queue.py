@@ -102,6 +102,16 @@ class RequestQueue(Generic[T]):
         """Every request that still has items waiting, oldest first."""
         return [pending for pending in self._fifo if pending.queued]
 
+    def earliest_deadline(self) -> float | None:
+        """The earliest deadline among requests with items waiting; None when none has one. Walks the queue:
+        meant for when it holds less than one batch (a full batch goes without asking)."""
+        earliest: float | None = None
+        for pending in self._fifo:
+            deadline = pending.deadline
+            if pending.queued and deadline is not None and (earliest is None or deadline < earliest):
+                earliest = deadline
+        return earliest
+
     def take(self, limit: int, now: float) -> tuple[list[T], list[Part], list[Pending[T]]]:
         """Cut a batch of at most ``limit`` samples, FIFO.
 

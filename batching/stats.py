@@ -10,6 +10,8 @@ import math
 from collections import deque
 from dataclasses import dataclass, field
 
+from batchserve.batching.fit import CostEstimate
+
 __all__ = ["LatencySummary", "BatcherStats", "StatsRecorder", "nearest_rank"]
 
 WINDOW = 2048
@@ -54,6 +56,10 @@ class BatcherStats:
     """Per request: submit until the start of the last batch that carried its samples."""
     compute: LatencySummary = LatencySummary()
     """Per batch: duration of the batch function call."""
+    cost_fixed_ms: float | None = None
+    """Learned fixed cost a of a batch (a + b·n), in ms; None until the batch sizes seen let it be fitted."""
+    cost_per_sample_ms: float | None = None
+    """Learned cost b of each sample in a batch, in ms; None until fitted."""
 
 
 class _Window:
@@ -139,7 +145,14 @@ class StatsRecorder:
         span = max(now - first_at, self.compute.total / max(self.compute.count, 1))
         return samples / span if span > 0 else None
 
-    def snapshot(self, *, queue_depth: int, queued_requests: int, inflight_batches: int) -> BatcherStats:
+    def snapshot(
+        self,
+        *,
+        queue_depth: int,
+        queued_requests: int,
+        inflight_batches: int,
+        cost: CostEstimate | None = None,
+    ) -> BatcherStats:
         return BatcherStats(
             queue_depth=queue_depth,
             queued_requests=queued_requests,
@@ -155,4 +168,6 @@ class StatsRecorder:
             mean_batch_size=self.samples_total / self.batches_total if self.batches_total else 0.0,
             queue_wait=self.queue_wait.summary(),
             compute=self.compute.summary(),
+            cost_fixed_ms=None if cost is None else cost.fixed_ms,
+            cost_per_sample_ms=None if cost is None else cost.per_sample_ms,
         )

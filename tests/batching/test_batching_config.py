@@ -58,4 +58,5 @@ def test_knob_names_match_the_contract() -> None:
         "preferred_batch_sizes",
         "max_queue_size",
         "max_inflight_batches",
+        "latency_slo_ms",
     )
