@@ -12,6 +12,7 @@ import sys
 from batchserve.client import commands as client_commands
 from batchserve.deploy import cli as deploy_commands
 from batchserve.events import commands as events_commands
+from batchserve.events import drift_commands
 from batchserve.jobs import commands as queue_commands
 from batchserve.loadtest import commands as loadtest_commands
 from batchserve.model_repo import commands as model_commands
@@ -29,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     model_commands.register(models_sub)  # models build, models list
     model_control.register(models_sub)  # models load, models unload
     events_commands.register(sub)  # db upgrade, stats
+    drift_commands.register(sub)  # drift save-reference
     key_commands.register(sub)  # keys create, keys list, keys revoke
     loadtest_commands.register(sub)  # loadtest, bench
     deploy_commands.register(sub)  # deploy aws, deploy gcp

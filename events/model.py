@@ -42,3 +42,5 @@ class Event(msgspec.Struct, frozen=True, kw_only=True):
     queue_ms: float | None = None
     inference_ms: float | None = None
     batch_size: int | None = None
+    cache_hit: bool = False  # answered from the result cache: never decoded nor batched
+    fallback_for: str | None = None  # the model asked for, when its fallback (``model``) answered

@@ -59,6 +59,7 @@ _MAX_LEN = {
     "content_type": 128,
     "class_label": 256,
     "error_code": 64,
+    "fallback_for": 128,
 }
 
 
@@ -120,6 +121,8 @@ class FactRow:
     queue_ms: float | None
     inference_ms: float | None
     batch_size: int | None
+    cache_hit: bool = False
+    fallback_for: str | None = None
     request_count: int = 1
 
 
@@ -314,6 +317,8 @@ def prepare(events: list[Event] | tuple[Event, ...]) -> PreparedBatch:
                 queue_ms=_float("queue_ms", ev.queue_ms),
                 inference_ms=_float("inference_ms", ev.inference_ms),
                 batch_size=_int("batch_size", ev.batch_size),
+                cache_hit=ev.cache_hit is True,
+                fallback_for=_text("fallback_for", ev.fallback_for),
             )
         )
     return batch

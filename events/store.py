@@ -49,6 +49,8 @@ FACT_COLUMNS = (
     "queue_ms",
     "inference_ms",
     "batch_size",
+    "cache_hit",
+    "fallback_for",
     "request_count",
 )
 
@@ -140,6 +142,8 @@ class EventStore(BoundedCalls):
             fact.queue_ms,
             fact.inference_ms,
             fact.batch_size,
+            fact.cache_hit,
+            fact.fallback_for,
             fact.request_count,
         )
 

@@ -28,7 +28,7 @@ CREATE TEMP TABLE IF NOT EXISTS {_STAGE} (
     image_key bigint, class_key bigint, route text, model_name text, model_version integer,
     score double precision, status smallint, error_code text, latency_ms double precision,
     queue_ms double precision, inference_ms double precision, batch_size integer,
-    request_count integer
+    cache_hit boolean, fallback_for text, request_count integer
 ) ON COMMIT DELETE ROWS
 """
 _COLS = ", ".join(FACT_COLUMNS)

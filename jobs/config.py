@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from batchserve.events.config import EventsConfig
+from batchserve.serving.cache_config import CacheConfig
 from batchserve.serving.config import ServingConfig
 
 LogLevel = Literal["debug", "info", "warning", "error", "critical"]
@@ -191,6 +192,7 @@ class WorkerSettings:
     worker: WorkerConfig
     serving: ServingConfig
     events: EventsConfig
+    cache: CacheConfig = field(default_factory=CacheConfig)  # the worker keeps the result cache in queue mode
 
 
 def _within(name: str, value: int, low: int, high: int) -> None:

@@ -74,7 +74,9 @@ class Worker:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop, sig.name)
         settings = self.settings
-        serving = Serving.build(settings.serving, settings.events, retire_grace_s=settings.worker.shutdown_grace_s)
+        # No fallbacks yet: a result names the model its message asked for (jobs/handling.py).
+        serving = Serving.build(settings.serving, settings.events, retire_grace_s=settings.worker.shutdown_grace_s,
+                                cache=settings.cache, fall_back=False)
         await serving.start()
         try:
             await serving.registry.load_configured()

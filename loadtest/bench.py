@@ -10,7 +10,9 @@ within seconds, so only measurements taken next to each other compare):
   (d) a server with the simulated accelerator (`--simulate-model A+B`), as a fraction of its
       theoretical maximum max_batch / (A + B * max_batch).
 Medians go to a table and, with every sample, to JSON (--json). `--overload` measures what the
-server does with more work than it can take instead (see bench_overload.py).
+server does with more work than it can take instead (see bench_overload.py); `--queue`, what
+queue mode costs against direct mode (see bench_queue.py); `--remote`, what a web tier forwarding
+to a backend costs against the backend alone (see bench_remote.py).
 """
 
 from __future__ import annotations
@@ -221,13 +223,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="load client (auto: wrk when installed)")
     parser.add_argument("--json", type=Path, default=None, dest="json_out", help="write the full results here")
     from batchserve.loadtest.bench_overload import add_arguments as add_overload_arguments
+    from batchserve.loadtest.bench_queue import add_arguments as add_queue_arguments
+    from batchserve.loadtest.bench_remote import add_arguments as add_remote_arguments
 
     add_overload_arguments(parser)
+    add_queue_arguments(parser)
+    add_remote_arguments(parser)
 
 
 def run_from_args(args: argparse.Namespace) -> int:
     from batchserve.batching.cost import CostModel
 
+    if sum((args.overload, args.queue, args.remote)) > 1:
+        print("batchserve bench: --overload, --queue and --remote measure different things; pass one of them",
+              file=sys.stderr)
+        return 2
+    if args.queue:
+        from batchserve.loadtest.bench_queue import run_from_args as run_queue
+
+        return run_queue(args)
+    if args.remote:
+        from batchserve.loadtest.bench_remote import run_from_args as run_remote
+
+        return run_remote(args)
     if args.overload:
         from batchserve.loadtest.bench_overload import run_from_args as run_overload
 

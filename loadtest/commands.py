@@ -76,6 +76,10 @@ def _loadtest(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
+    if args.slo:
+        from batchserve.loadtest.bench_slo import run_from_args as run_slo
+
+        return run_slo(args)
     from batchserve.loadtest.bench import run_from_args
 
     return run_from_args(args)
@@ -111,7 +115,14 @@ def register(subparsers: Any) -> None:
         description="Interleaved, repeated measurements of ONNX Runtime alone, the in-process decode+infer "
                     "pipeline, the HTTP server (wrk) and the simulated accelerator; prints medians. With "
                     "--overload: an open loop at 4x the saturated throughput and a retry storm (goodput, "
-                    "refusal latency, RSS growth, 5xx).",
+                    "refusal latency, RSS growth, 5xx). With --queue: queue mode (moto, a worker, a web tier) "
+                    "against direct mode. With --remote: a web tier forwarding to a simulated backend against "
+                    "the backend alone (added latency, the web tier's CPU per request, throughput). With --slo: "
+                    "the batcher's latency_slo_ms against static max_queue_delay_ms settings, in process on the "
+                    "simulated accelerator (p99 and device time per image, open-loop Poisson load).",
     )
     add_arguments(bench)
+    from batchserve.loadtest.bench_slo import add_arguments as add_slo_arguments
+
+    add_slo_arguments(bench)
     bench.set_defaults(func=_bench)

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Install the Debian packages the test suite and the bench drive, only when missing.
+# Install the Debian packages the test suite and the bench drive, only when missing:
+# chromium (UI tests), wrk (bench), prometheus for its promtool (checks deploy/prometheus/alerts.yml).
 set -euo pipefail
 need=()
 command -v chromium >/dev/null || need+=(chromium)
 command -v wrk >/dev/null || need+=(wrk)
+command -v promtool >/dev/null || need+=(prometheus)
 if [ ${#need[@]} -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then
         echo "missing Debian packages: ${need[*]} (run as root: apt-get install -y ${need[*]})" >&2

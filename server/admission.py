@@ -98,7 +98,8 @@ class AdmissionMiddleware(HttpMiddleware):
             return
         gate = self.gate
         model = target_model(self.state.serving.registry, route)
-        refusal = queue_refusal(model) if model is not None else None
+        # A full queue refuses here, before the body, unless a fallback model may answer instead.
+        refusal = queue_refusal(model) if model is not None and not self.state.serving.fallbacks.covers(model) else None
         if refusal is not None:
             gate.refused_queue_full += 1
         elif not gate.requests.try_take():

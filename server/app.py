@@ -23,6 +23,7 @@ from batchserve.server.config import ServerConfig
 from batchserve.server.errors import fallback_exception_handler
 from batchserve.server.lease_scope import LeaseScopeMiddleware
 from batchserve.server.metrics import HttpMetricsMiddleware, Metrics
+from batchserve.server.remote.backend import RemoteBackend
 from batchserve.server.request_context import RequestIdMiddleware
 from batchserve.server.routes.health import healthz, readyz
 from batchserve.server.routes.jobs import JobsController
@@ -44,13 +45,20 @@ SCHEMA_PATH = "/schema"
 def build_state(config: ServerConfig) -> AppState:
     metrics = Metrics()
     queued = config.backend.backend == "queue"
+    remote = config.backend.backend == "remote"
     serving = Serving.build(config.serving, config.events, retire_grace_s=config.lifecycle.shutdown_grace,
-                            on_batch=metrics.observe_batch, catalog_only=queued)
+                            on_batch=metrics.observe_batch, cache=config.cache, catalog_only=queued or remote)
     serving.classifier.pending_decodes = Bound(config.admission.max_pending_decodes)
     backend: Backend = DirectBackend(serving.classifier)
     if queued:
         backend = QueueBackend(WebTierSettings(config.queue, config.backend.queue_timeout_ms,
                                                config.backend.reply_pollers))
+    elif remote:
+        # The upstreams serve the models: the routes read them from a catalog of their listings.
+        forwarding = RemoteBackend.build(config.backend, config.serving,
+                                         retire_grace_s=config.lifecycle.shutdown_grace)
+        serving.registry = forwarding.catalog
+        backend = forwarding
     state = AppState(config=config, serving=serving, backend=backend, metrics=metrics)
     metrics.watch(state)
     return state

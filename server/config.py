@@ -15,8 +15,11 @@ from typing import Literal
 
 from batchserve.events.config import EventsConfig
 from batchserve.jobs.config import QueueLocation
+from batchserve.server.remote.urls import upstream_urls
 from batchserve.serving.backend import BackendName
+from batchserve.serving.cache_config import CacheConfig
 from batchserve.serving.config import ServingConfig
+from batchserve.serving.drift_config import DriftConfig
 from batchserve.serving.pressure import MAX_PENDING_DECODES
 
 LogLevel = Literal["debug", "info", "warning", "error", "critical"]
@@ -158,11 +161,13 @@ class CloudWatchConfig:
 
 @dataclass(frozen=True)
 class BackendConfig:
-    """Who classifies: this process, or queue workers behind S3 and SQS (docs/queue-mode.md)."""
+    """Who classifies: this process, queue workers behind S3 and SQS (docs/queue-mode.md), or other
+    batchserve servers over HTTP (docs/remote-backend.md)."""
 
     backend: BackendName = field(default="direct", metadata={
         "help": "'direct' classifies in this process; 'queue' is a web tier: images go to workers through "
-                "S3 + SQS (with --queue-name), and /v1/jobs takes bulk work"})
+                "S3 + SQS (with --queue-name), and /v1/jobs takes bulk work; 'remote' is a web tier forwarding "
+                "to other batchserve servers (with --upstream)"})
     queue_timeout_ms: float = field(default=30000.0, metadata={
         "help": "queue backend: longest wait for a worker's answer (a request's own shorter deadline wins); "
                 "past it the answer is 504 deadline_exceeded"})
@@ -170,12 +175,53 @@ class BackendConfig:
         "help": "queue backend: buckets a job may name in s3:// inputs (none: only uploads)"})
     reply_pollers: int = field(default=2, metadata={
         "help": "queue backend: long polls kept on this instance's reply queue"})
+    upstream: tuple[str, ...] = field(default=(), metadata={
+        "help": "remote backend: base URLs of the batchserve servers that classify, e.g. "
+                "http://10.0.0.5:8000,http://10.0.0.6:8000"})
+    upstream_api_key: str | None = field(default=None, metadata={
+        "help": "remote backend: API key sent to every upstream as 'Authorization: Bearer KEY' (for upstreams "
+                "run with --auth required; it needs the classify scope)"})
+    upstream_check_interval_s: float = field(default=1.0, metadata={
+        "help": "remote backend: seconds between /readyz checks of each upstream; one that fails leaves the "
+                "rotation, and returns once it passes"})
+    upstream_connect_timeout_s: float = field(default=1.0, metadata={
+        "help": "remote backend: longest wait for a connection to an upstream; past it the request is tried "
+                "on another"})
+    upstream_timeout_ms: float = field(default=60000.0, metadata={
+        "help": "remote backend: longest wait for an upstream's answer to a request that sets no deadline "
+                "(past it: 504 deadline_exceeded)"})
+    upstream_retries: int = field(default=2, metadata={
+        "help": "remote backend: further tries of a request, each on another upstream when there is one, "
+                "after a connection failure or a 503/429 refusal"})
+    upstream_failure_threshold: int = field(default=3, metadata={
+        "help": "remote backend: consecutive connection failures that open an upstream's circuit: it gets no "
+                "requests until a probe or its /readyz passes"})
+    upstream_connections: int = field(default=64, metadata={
+        "help": "remote backend: most connections kept open to each upstream (they are reused: keep-alive)"})
 
     def __post_init__(self) -> None:
         if not 0 < self.queue_timeout_ms <= 15 * 60 * 1000:
             raise ValueError(f"queue_timeout_ms must be in (0, 900000], not {self.queue_timeout_ms:g}")
         if not 1 <= self.reply_pollers <= 16:
             raise ValueError(f"reply_pollers must be in 1..16, not {self.reply_pollers}")
+        object.__setattr__(self, "upstream", upstream_urls(tuple(self.upstream)))
+        if self.upstream_api_key is not None and (not self.upstream_api_key.strip()
+                                                  or any(c in self.upstream_api_key for c in "\r\n")):
+            raise ValueError("upstream_api_key must not be empty or hold line breaks")
+        if not 0 < self.upstream_check_interval_s <= 60 or not 0 < self.upstream_connect_timeout_s <= 60:
+            raise ValueError("upstream_check_interval_s and upstream_connect_timeout_s must be in (0, 60]")
+        if not 0 < self.upstream_timeout_ms <= 15 * 60 * 1000:
+            raise ValueError(f"upstream_timeout_ms must be in (0, 900000], not {self.upstream_timeout_ms:g}")
+        if not 0 <= self.upstream_retries <= 8:
+            raise ValueError(f"upstream_retries must be in 0..8, not {self.upstream_retries}")
+        if not 1 <= self.upstream_failure_threshold <= 100 or not 1 <= self.upstream_connections <= 4096:
+            raise ValueError("upstream_failure_threshold must be in 1..100 and upstream_connections in 1..4096")
+        if self.backend == "remote" and not self.upstream:
+            raise ValueError("--backend remote needs the servers to forward to: --upstream URL[,URL...] "
+                             "(or BATCHSERVE_UPSTREAM)")
+        if self.upstream and self.backend != "remote":
+            raise ValueError("--upstream is for --backend remote (this server's backend is "
+                             f"{self.backend!r})")
 
 
 @dataclass(frozen=True)
@@ -184,6 +230,7 @@ class ServerConfig:
     backend: BackendConfig = field(default_factory=BackendConfig)
     queue: QueueLocation = field(default_factory=QueueLocation)
     serving: ServingConfig = field(default_factory=ServingConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     admission: AdmissionConfig = field(default_factory=AdmissionConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
@@ -192,11 +239,19 @@ class ServerConfig:
     control: ModelControlConfig = field(default_factory=ModelControlConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     cloudwatch: CloudWatchConfig = field(default_factory=CloudWatchConfig)
+    drift: DriftConfig = field(default_factory=DriftConfig)
 
     def __post_init__(self) -> None:
         if self.backend.backend == "queue" and self.queue.queue_name is None:
             raise ValueError("--backend queue needs the deployment's name: --queue-name NAME "
                              "(or BATCHSERVE_QUEUE_NAME)")
+        if self.backend.backend == "remote":
+            if self.serving.simulate_model is not None:
+                raise ValueError("--simulate-model serves a model in this process; with --backend remote the "
+                                 "upstreams serve the models (start them with --simulate-model)")
+            if self.control.model_control == "explicit":
+                raise ValueError("--model-control explicit loads models in this process; with --backend remote "
+                                 "models load on the upstreams (run them with --model-control explicit)")
         if self.control.model_control == "explicit" and self.auth.admin_key is None:
             raise ValueError("--model-control explicit needs an admin key (--admin-key or BATCHSERVE_ADMIN_KEY): "
                              "loading and unloading models is never open to anyone who can reach the port")

@@ -29,6 +29,8 @@ from prometheus_client.registry import Collector
 
 from batchserve.batching import BatchRecord
 from batchserve.server.http_middleware import HttpMiddleware
+from batchserve.serving.cache_memory import MemoryStore
+from batchserve.serving.drift import DriftMonitor
 from batchserve.serving.leases import leased
 
 if TYPE_CHECKING:
@@ -91,6 +93,12 @@ class Metrics:
     def watch(self, state: AppState) -> None:
         """Expose the live state of `state` (batchers, models, event writer) at scrape time."""
         self.registry.register(StateCollector(state))
+        if state.config.drift.drift and state.serving.recorder.drift is None:
+            # Drift is only ever read from here, so the monitor starts where it is exported; the
+            # recorder, which sees every answer, feeds it.
+            state.serving.recorder.drift = DriftMonitor(state.config.drift)
+        if state.serving.recorder.drift is not None:
+            self.registry.register(DriftCollector(state.serving.recorder.drift, state))
 
     def observe_http(self, method: str, route: str, model: str, status: int, seconds: float) -> None:
         self.http_requests.labels(method, route, model, str(status)).inc()
@@ -108,7 +116,7 @@ class StateCollector(Collector):
 
     def collect(self) -> Iterable[Metric]:
         # A scrape must never fail because one source misbehaves: log it and serve the rest.
-        for part in (self._batchers, self._models, self._events, self._admission):
+        for part in (self._batchers, self._models, self._events, self._admission, self._cache, self._fallbacks):
             try:
                 yield from part()
             except Exception:
@@ -126,6 +134,11 @@ class StateCollector(Collector):
                                        labels=labels)
         expired = CounterMetricFamily("batchserve_batcher_expired", "Requests that missed their deadline.",
                                       labels=labels)
+        cost_fixed = GaugeMetricFamily("batchserve_batch_cost_fixed_ms", "Learned fixed cost a of a batch (a + b*n "
+                                       "fitted to recent batches), in ms; absent until batch sizes varied.",
+                                       labels=labels)
+        cost_per_image = GaugeMetricFamily("batchserve_batch_cost_per_image_ms", "Learned cost b of each image in "
+                                           "a batch (a + b*n fitted to recent batches), in ms.", labels=labels)
         for model in self.state.serving.registry.loaded():
             stats = model.batcher.stats
             values = [model.name, str(model.version)]
@@ -135,7 +148,10 @@ class StateCollector(Collector):
             accepted.add_metric(values, stats.requests_total)
             rejected.add_metric(values, stats.rejected_total)
             expired.add_metric(values, stats.expired_total)
-        yield from (depth, queued, inflight, accepted, rejected, expired)
+            if stats.cost_fixed_ms is not None and stats.cost_per_sample_ms is not None:
+                cost_fixed.add_metric(values, stats.cost_fixed_ms)
+                cost_per_image.add_metric(values, stats.cost_per_sample_ms)
+        yield from (depth, queued, inflight, accepted, rejected, expired, cost_fixed, cost_per_image)
 
     def _models(self) -> Iterator[Metric]:
         ready = GaugeMetricFamily(
@@ -201,6 +217,102 @@ class StateCollector(Collector):
                                 "Classification requests admitted and not answered yet.", value=gate.requests.in_use)
         yield GaugeMetricFamily("batchserve_admission_pending_decodes",
                                 "Images waiting for or in a decode thread.", value=decodes.in_use)
+
+    def _cache(self) -> Iterator[Metric]:
+        cache = self.state.serving.cache
+        if cache is None:
+            return
+        stats = cache.stats
+        hits = CounterMetricFamily("batchserve_cache_hits", "Images answered from the result cache.", labels=["model"])
+        misses = CounterMetricFamily("batchserve_cache_misses", "Images looked up in the result cache and not found "
+                                     "(or not looked up: the cache's store unavailable).", labels=["model"])
+        for family, counts in ((hits, stats.hits), (misses, stats.misses)):
+            for model, count in counts.items():
+                family.add_metric([model], count)
+        evictions = CounterMetricFamily("batchserve_cache_evictions", "Cached answers removed, by reason (capacity, "
+                                        "expired, version: its model version unloaded or replaced).", labels=["reason"])
+        for reason, count in stats.evictions.items():
+            evictions.add_metric([reason], count)
+        yield from (hits, misses, evictions)
+        yield CounterMetricFamily("batchserve_cache_store_errors", "Failed or timed-out calls to the cache's Redis "
+                                  "(each leaves Redis alone for a while: images are classified as misses).",
+                                  value=stats.store_errors)
+        yield CounterMetricFamily("batchserve_cache_writes_skipped", "Answers not stored because too many writes "
+                                  "to the cache's Redis were pending.", value=stats.writes_skipped)
+        store = cache.store
+        if isinstance(store, MemoryStore):
+            yield GaugeMetricFamily("batchserve_cache_bytes", "Bytes held by the memory result cache "
+                                    "(at most --cache-max-bytes).", value=store.bytes)
+            yield GaugeMetricFamily("batchserve_cache_entries", "Answers held by the memory result cache.",
+                                    value=len(store))
+
+    def _fallbacks(self) -> Iterator[Metric]:
+        stats = self.state.serving.fallbacks.stats
+        answered = CounterMetricFamily(
+            "batchserve_fallbacks", "Images a fallback model answered instead of the model asked for, by reason "
+            "(unavailable: not loaded; queue_full; batch_failed).", labels=["model", "fallback", "reason"])
+        for (model, fallback, reason), count in stats.answered.items():
+            answered.add_metric([model, fallback, reason], count)
+        unanswered = CounterMetricFamily(
+            "batchserve_fallbacks_unanswered", "Images (or requests refused before any image was read) whose model "
+            "could not answer and whose fallback could not either: the model's error was the answer.",
+            labels=["model", "reason"])
+        for (model, reason), count in stats.unanswered.items():
+            unanswered.add_metric([model, reason], count)
+        # Labelled families without a sample say nothing: they appear with the first fallback.
+        yield from (family for family in (answered, unanswered) if family.samples)
+
+
+class DriftCollector(Collector):
+    """Each loaded model's drift figures (serving/drift.py), computed from its running counts at
+    scrape time: the request path only ever updates counts."""
+
+    def __init__(self, monitor: DriftMonitor, state: AppState) -> None:
+        self.monitor = monitor
+        self.state = state
+
+    def collect(self) -> Iterable[Metric]:
+        try:
+            yield from self._drift()
+        except Exception:
+            log.exception("collecting drift metrics failed")
+
+    def _drift(self) -> Iterator[Metric]:
+        def gauge(name: str, doc: str, *extra: str) -> GaugeMetricFamily:
+            return GaugeMetricFamily(name, doc, labels=["model", *extra])
+
+        psi = gauge("batchserve_drift_psi", "Population stability index of the top-1 class mix in the rolling window "
+                    "against the reference (the reference's most frequent classes, the rest in one bin); "
+                    "present once the reference is complete and the window full.")
+        confidence = gauge("batchserve_mean_confidence", "Mean top-1 score in the rolling window.")
+        low = gauge("batchserve_low_confidence_ratio",
+                    "Share of the rolling window's answers whose top-1 score is under --drift-confidence-threshold.")
+        window = gauge("batchserve_drift_window_answers", "Answers in the rolling window (at most --drift-window).")
+        reference = gauge("batchserve_drift_reference_answers",
+                          "Answers in the reference (still growing while the first answers after start are counted).")
+        reference_confidence = gauge("batchserve_drift_reference_mean_confidence",
+                                     "Mean top-1 score over the reference.")
+        brightness = gauge("batchserve_drift_input_brightness",
+                           "Mean pixel value (0-255) of the crops the model saw in the rolling window.")
+        sides = gauge("batchserve_drift_input_short_side_ratio",
+                      "Share of the rolling window's images whose shorter side falls in each bucket (pixels).",
+                      "short_side")
+        size_psi = gauge("batchserve_drift_input_size_psi",
+                         "Population stability index of the image-size buckets in the window against the reference.")
+        models = {model.name for model in self.state.serving.registry.loaded()}
+        for snap in self.monitor.snapshots(models):
+            labels = [snap.model]
+            window.add_metric(labels, snap.window_answers)
+            reference.add_metric(labels, snap.reference_answers)
+            for family, value in ((psi, snap.psi), (confidence, snap.mean_confidence),
+                                  (low, snap.low_confidence_ratio),
+                                  (reference_confidence, snap.reference_mean_confidence),
+                                  (brightness, snap.brightness_mean), (size_psi, snap.size_psi)):
+                if value is not None:
+                    family.add_metric(labels, value)
+            for bucket, ratio in snap.short_side_ratios.items():
+                sides.add_metric([snap.model, bucket], ratio)
+        yield from (psi, confidence, low, window, reference, reference_confidence, brightness, sides, size_psi)
 
 
 class HttpMetricsMiddleware(HttpMiddleware):

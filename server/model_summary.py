@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from batchserve.server.remote.catalog import ForwardedModel
 from batchserve.serving.registry import LoadedModel
 
 
 def model_summary(model: LoadedModel) -> dict[str, Any]:
-    """What /v1/models says about one loaded version."""
+    """What /v1/models says about one loaded version. A version a remote web tier forwards shows its
+    upstreams' stats (summed) and adds `upstreams`: the URLs that serve it."""
     stats = model.batcher.stats
-    return {
+    summary = {
         "name": model.name,
         "version": model.version,
         "description": model.description,
@@ -27,6 +29,10 @@ def model_summary(model: LoadedModel) -> dict[str, Any]:
             "max_inflight_batches": model.batching.max_inflight_batches,
             "default_timeout_ms": model.limits.default_timeout_ms,
             "max_timeout_ms": model.limits.max_timeout_ms,
+            "latency_slo_ms": model.batching.latency_slo_ms,
+            # Learned from the batches run (None until their sizes varied); latency_slo_ms holds batches by them.
+            "batch_cost_fixed_ms": stats.cost_fixed_ms,
+            "batch_cost_per_image_ms": stats.cost_per_sample_ms,
         },
         "stats": {
             "queue_depth": stats.queue_depth,
@@ -40,3 +46,6 @@ def model_summary(model: LoadedModel) -> dict[str, Any]:
         },
         "loaded_at": model.loaded_at,
     }
+    if isinstance(model, ForwardedModel):
+        summary.update(model.forwarded_summary())
+    return summary

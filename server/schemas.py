@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 from litestar.openapi.datastructures import ResponseSpec
@@ -27,13 +27,20 @@ class Timing(msgspec.Struct):
     total: float
 
 
-class ClassifyResult(msgspec.Struct):
+class ClassifyResult(msgspec.Struct, omit_defaults=True):
+    """One image's answer. `model` is the model that really answered: with `"fallback": true` it is
+    the fallback of the model asked for, named in `fallback_for`. `"cache": "hit"` marks an answer
+    from the result cache (never decoded nor batched: `batch_size` 0). The three appear only then."""
+
     request_id: str
     model: str
     model_version: int
     predictions: list[PredictionOut]
     timing_ms: Timing
     batch_size: int
+    cache: Literal["hit"] | None = None
+    fallback: bool | None = None
+    fallback_for: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {f: getattr(self, f) for f in self.__struct_fields__}
@@ -57,6 +64,9 @@ class FileOutcome(msgspec.Struct, kw_only=True, omit_defaults=True):
     predictions: list[PredictionOut] | None = None
     timing_ms: Timing | None = None
     batch_size: int | None = None
+    cache: Literal["hit"] | None = None
+    fallback: bool | None = None
+    fallback_for: str | None = None
     error: ErrorOut | None = None
 
 

@@ -1,9 +1,10 @@
 """Model knobs: what a model's config.toml `[batching]` table may set and the server may override,
 globally (flag, `BATCHSERVE_<KNOB>`) or per model (`BATCHSERVE_MODEL_<MODEL>_<KNOB>`).
 
-The knobs are the fields of three typed configs, and every list of knob names, every flag and
+The knobs are the fields of four typed configs, and every list of knob names, every flag and
 every environment name is derived from those fields: `BatchingConfig` (how batches form),
-`RequestLimits` (deadlines) and `RuntimeKnobs` (ONNX Runtime). Precedence, per model:
+`RequestLimits` (deadlines), `RuntimeKnobs` (ONNX Runtime) and `RoutingKnobs` (which model
+stands in when this one cannot answer). Precedence, per model:
 config.toml < BATCHSERVE_<KNOB> < BATCHSERVE_MODEL_<MODEL>_<KNOB> < a command-line flag.
 """
 
@@ -59,6 +60,19 @@ class RuntimeKnobs:
 
 
 @dataclass(frozen=True)
+class RoutingKnobs:
+    """Where a model's requests go when it cannot answer them itself (serving/fallback.py)."""
+
+    fallback: str | None = field(default=None, metadata={
+        "help": "model that answers instead when this one is not loaded, its queue is full or its batch fails "
+                "(one hop: the fallback's own fallback is never asked)"})
+
+    def __post_init__(self) -> None:
+        if self.fallback is not None and (not isinstance(self.fallback, str) or not self.fallback.strip()):
+            raise ValueError(f"fallback must be a model name, got {self.fallback!r}")
+
+
+@dataclass(frozen=True)
 class Knob:
     name: str
     type: Any
@@ -70,7 +84,8 @@ def _knobs_of(config: type) -> dict[str, Knob]:
     return {f.name: Knob(f.name, hints[f.name], f.metadata.get("help", "")) for f in dataclasses.fields(config)}
 
 
-_GROUPS: dict[str, type] = {"batching": BatchingConfig, "limits": RequestLimits, "runtime": RuntimeKnobs}
+_GROUPS: dict[str, type] = {"batching": BatchingConfig, "limits": RequestLimits, "runtime": RuntimeKnobs,
+                            "routing": RoutingKnobs}
 _GROUP_KNOBS = {group: _knobs_of(config) for group, config in _GROUPS.items()}
 KNOBS: dict[str, Knob] = {name: knob for knobs in _GROUP_KNOBS.values() for name, knob in knobs.items()}
 
@@ -89,6 +104,7 @@ class ModelSettings:
     batching: BatchingConfig
     limits: RequestLimits
     runtime: RuntimeKnobs
+    routing: RoutingKnobs
 
     @classmethod
     def from_knobs(cls, knobs: Mapping[str, Any]) -> ModelSettings:

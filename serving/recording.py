@@ -11,7 +11,9 @@ from typing import Any
 from batchserve.events.model import Event
 from batchserve.events.writer import EventWriter
 from batchserve.serving.classifier import Classification, Classified
+from batchserve.serving.drift import DriftMonitor
 from batchserve.serving.errors import ErrorInfo
+from batchserve.serving.fallback import StandIn
 
 
 @dataclass(frozen=True)
@@ -28,14 +30,19 @@ class Caller:
 class Recorder:
     """Builds the events of one request for the event writer (or drops them when events are off)."""
 
-    def __init__(self, writer: EventWriter | None) -> None:
+    def __init__(self, writer: EventWriter | None, drift: DriftMonitor | None = None) -> None:
         self.writer = writer
+        self.drift = drift  # sees every answer, events on or off (serving/drift.py)
 
     def record(self, caller: Caller, route: str, outcome: Classification, latency_ms: float) -> None:
         """One event per sample the request attempted, but for samples whose worker recorded them."""
+        if self.drift is not None:
+            self.drift.observe(outcome)
         if self.writer is None:
             return
         base = _base(caller, route, outcome.model.name, outcome.model.version, latency_ms)
+        if isinstance(outcome.model, StandIn):
+            base["fallback_for"] = outcome.model.primary
         for result in outcome.results:
             if result.recorded_elsewhere:
                 continue
@@ -51,6 +58,14 @@ class Recorder:
                 top = result.predictions[0]
                 fields.update(class_id=top.class_id, class_label=top.label, score=top.score, status=200,
                               queue_ms=result.queue_ms, inference_ms=result.inference_ms, batch_size=result.batch_size)
+                if result.cached is not None:  # never decoded nor batched: what the cache knows of the image
+                    scores = result.cached.scores
+                    fields.update(cache_hit=True, image_sha256=result.cached.sha256, width=scores.width,
+                                  height=scores.height, batch_size=None, queue_ms=None, inference_ms=None,
+                                  content_type=fields.get("content_type") or f"image/{scores.format}")
+                if result.stand_in is not None:
+                    fields.update(model=result.stand_in.name, model_version=result.stand_in.version,
+                                  fallback_for=result.stand_in.primary)
             else:
                 fields.update(status=result.error.status, error_code=result.error.code)
             self.writer.put(Event(**fields))

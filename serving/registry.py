@@ -4,6 +4,11 @@ Loading happens off the event loop and a version takes traffic only once warm. A
 reload or an unload retires leaves the registry at once but closes only when no running request
 holds it any more (see serving/leases.py); closing its batcher then lets queued and in-flight
 batches finish first.
+
+An s3:// or gs:// repository is read from its local mirror (model_repo/sync.py): synced whole
+before the configured models load, and one model's folder again on each `load` of that model, so
+a pushed version reaches a running server through explicit model control. A version that fails
+its checks (config, labels, ONNX) is not served and the versions already loaded keep serving.
 """
 
 from __future__ import annotations
@@ -20,11 +25,13 @@ import numpy as np
 
 from batchserve.batching import Batcher, BatchingConfig, BatchRecord
 from batchserve.batching.cost import CostModel
+from batchserve.model_repo.checks import check_classes
 from batchserve.model_repo.errors import ModelLoadError, ModelNotFound
 from batchserve.model_repo.labels import load_imagenet_labels
 from batchserve.model_repo.preprocess import PreprocessConfig
 from batchserve.model_repo.repository import ModelSpec, scan_repository
 from batchserve.model_repo.runner import Runner, RunnerConfig
+from batchserve.model_repo.sync import RepositoryCache
 from batchserve.serving.config import ServingConfig
 from batchserve.serving.knobs import ModelSettings, RequestLimits
 from batchserve.serving.leases import LeaseCounter, lease
@@ -90,6 +97,9 @@ class ModelRegistry:
         self._lock = asyncio.Lock()
         self._retiring: set[asyncio.Task[None]] = set()
         self.expected: list[str] = []
+        remote = config.remote_repository
+        self._mirror = None if remote is None else RepositoryCache(
+            remote, config.model_cache_dir, endpoint_url=config.model_repo_endpoint_url)
 
     # ---- queries -------------------------------------------------------------------------
     def names(self) -> list[str]:
@@ -136,7 +146,7 @@ class ModelRegistry:
     def repository_index(self) -> list[dict[str, Any]]:
         """Every model in the repository (loaded or not), as Triton's repository index lists them."""
         try:
-            specs = scan_repository(self.config.model_repo)
+            specs = scan_repository(self.config.repository_dir)
         except ModelLoadError:
             specs = {}
         rows = []
@@ -159,7 +169,8 @@ class ModelRegistry:
             await self._install(self._simulated(CostModel.parse(self.config.simulate_model)))
             if not self.config.models:
                 return
-        specs = scan_repository(self.config.model_repo)
+        await self._sync()
+        specs = await asyncio.to_thread(scan_repository, self.config.repository_dir)
         wanted = list(self.config.models) or [n for n, s in specs.items() if s.built_versions()]
         if not wanted:
             raise ModelLoadError(
@@ -169,14 +180,18 @@ class ModelRegistry:
             if name not in specs:
                 raise ModelNotFound(name, None, sorted(specs))
             self.expected.append(name)
-            await self.load(name)
+            await self.load(name, sync=False)
 
-    async def load(self, name: str, versions: list[int] | None = None) -> list[LoadedModel]:
+    async def load(self, name: str, versions: list[int] | None = None, *, sync: bool = True) -> list[LoadedModel]:
         """Load (or reload) a model's versions per its policy. New versions take traffic only once
         warm; versions already loaded from an unchanged file are kept as they are; versions the
-        policy no longer selects are retired (they finish the requests that hold them first)."""
+        policy no longer selects are retired (they finish the requests that hold them first).
+        A remote repository's folder of the model is synced first unless `sync` is False."""
         async with self._lock:
-            specs = await asyncio.to_thread(scan_repository, self.config.model_repo)
+            if sync:
+                known = self._specs.get(name)
+                await self._sync(known.directory.name if known is not None else None)
+            specs = await asyncio.to_thread(scan_repository, self.config.repository_dir)
             if name not in specs:
                 raise ModelNotFound(name, None, sorted(specs))
             spec = specs[name]
@@ -195,7 +210,15 @@ class ModelRegistry:
                 elif self.catalog_only:
                     fresh.append(self._catalog_version(spec, version))
                 else:
-                    fresh.append(await asyncio.to_thread(self._load_version, spec, version))
+                    try:
+                        fresh.append(await asyncio.to_thread(self._load_version, spec, version))
+                    except ModelLoadError as exc:
+                        # Nothing changes: what this call loaded closes, what was serving keeps serving.
+                        serving_ids = {id(m) for m in old.values()}
+                        await asyncio.gather(*(m.close() for m in fresh if id(m) not in serving_ids))
+                        serving = f"; still serving v{', v'.join(map(str, sorted(old)))}" if old else ""
+                        raise ModelLoadError(f"{name} v{version} from {self.config.model_repo} was not "
+                                             f"loaded: {exc}{serving}") from exc
             self._specs[name] = spec
             self._models[name] = {m.version: m for m in fresh}
             if name not in self.expected:
@@ -205,6 +228,13 @@ class ModelRegistry:
             if id(model) not in kept:
                 self._retire(model)
         return fresh
+
+    async def _sync(self, folder: str | None = None) -> None:
+        """Bring the local mirror of a remote repository (or one model folder of it) up to date."""
+        if self._mirror is None:
+            return
+        report = await asyncio.to_thread(self._mirror.sync, folder)
+        log.info("%s", report)
 
     async def unload(self, name: str) -> None:
         async with self._lock:
@@ -264,6 +294,7 @@ class ModelRegistry:
         """Runs in a worker thread: session creation and warm-up take seconds."""
         started = time.perf_counter()
         fingerprint = _fingerprint(spec, version)
+        labels = spec.read_labels()
         settings = self._settings(spec.name, spec.batching)
         batching = settings.batching
         providers = self.config.execution_providers or spec.execution_providers
@@ -277,7 +308,12 @@ class ModelRegistry:
             input_name=spec.input_name,
             output_name=spec.output_name,
         )
-        runner.warmup(batching.max_batch_size)
+        try:
+            check_classes(spec, version, len(labels), runner.num_classes)
+            runner.warmup(batching.max_batch_size)
+        except Exception:
+            runner.close()
+            raise
         executor = ThreadPoolExecutor(batching.max_inflight_batches, thread_name_prefix=f"infer-{spec.name}")
         batcher: Batcher[np.ndarray, np.ndarray] = Batcher(
             runner.infer_samples, batching, name=f"{spec.name}:{version}", executor=executor,
@@ -289,7 +325,7 @@ class ModelRegistry:
             batching.max_batch_size, batching.max_inflight_batches,
         )
         return LoadedModel(
-            name=spec.name, version=version, description=spec.description, labels=spec.read_labels(),
+            name=spec.name, version=version, description=spec.description, labels=labels,
             preprocess=spec.preprocessing, batching=batching, limits=settings.limits, batcher=batcher,
             providers=list(runner.providers), input_name=spec.input_name, input_shape=spec.input_shape,
             output_name=spec.output_name, runner=runner, executor=executor, fingerprint=fingerprint,

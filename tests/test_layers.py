@@ -36,6 +36,7 @@ COMMAND_MODULES = {
     "batchserve.server.cli", "batchserve.model_repo.commands", "batchserve.server.model_control",
     "batchserve.events.commands", "batchserve.loadtest.commands", "batchserve.deploy.cli",
     "batchserve.jobs.commands", "batchserve.server.auth.commands", "batchserve.client.commands",
+    "batchserve.events.drift_commands",
 }
 
 

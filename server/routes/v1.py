@@ -28,7 +28,7 @@ from batchserve.server.schemas import (
 from batchserve.server.state import AppState
 from batchserve.serving.classifier import Classification, Classified, Deadline, Failed, validate_top_k
 from batchserve.serving.errors import ErrorAnswer, InvalidParameter
-from batchserve.serving.registry import LoadedModel
+from batchserve.serving.fallback import StandIn
 
 ROUTE = "v1"
 DEFAULT_TOP_K = 5
@@ -65,7 +65,10 @@ def _top_k(text: str | None) -> int:
     return k
 
 
-def _result(caller_id: str, model: LoadedModel, item: Classified, total_ms: float) -> ClassifyResult:
+def _result(caller_id: str, outcome: Classification, item: Classified, total_ms: float) -> ClassifyResult:
+    """One sample's answer, naming the model that really answered it (its fallback, when one did)."""
+    model = outcome.answered_by(item)
+    fallback_for = model.primary if isinstance(model, StandIn) else None
     return ClassifyResult(
         request_id=caller_id,
         model=model.name,
@@ -75,6 +78,9 @@ def _result(caller_id: str, model: LoadedModel, item: Classified, total_ms: floa
             queue=round(item.queue_ms, 3), inference=round(item.inference_ms, 3), total=round(total_ms, 3)
         ),
         batch_size=item.batch_size,
+        cache="hit" if item.cached is not None else None,
+        fallback=True if fallback_for is not None else None,
+        fallback_for=fallback_for,
     )
 
 
@@ -86,7 +92,7 @@ def _multipart(
     for item in outcome.results:
         filename = item.image.filename if item.image else None
         if isinstance(item, Classified):
-            result = _result(request_id, outcome.model, item, total_ms)
+            result = _result(request_id, outcome, item, total_ms)
             entries.append(FileOutcome(filename=filename, **result.as_dict()))
         else:
             entries.append(FileOutcome(filename=filename, error=ErrorOut(item.error.code, item.error.message)))
@@ -129,7 +135,8 @@ class ClassifyController(Controller):
             requested_version = record.version = _version(version)
             requested_k = _top_k(top_k)
             requested_ms = requested_timeout_ms(timeout_ms, timeout_header)
-            loaded = record.uses(serving.registry.lease(model, requested_version))
+            # The model's fallback stands in when the model is not loaded (serving/fallback.py).
+            loaded = record.uses(serving.fallbacks.lease(model, requested_version, requested_k))
             k = validate_top_k(requested_k, loaded)
             deadline = Deadline.for_request(loaded, requested_ms, record.started)
             images, multipart = await read_images(request, app_state.config.limits.max_images_per_request)
@@ -141,7 +148,7 @@ class ClassifyController(Controller):
         (item,) = outcome.results
         if isinstance(item, Failed):
             raise ErrorAnswer(item.error)
-        return Response(_result(request_id, loaded, item, total_ms))
+        return Response(_result(request_id, outcome, item, total_ms))
 
     @get("/models", summary="Loaded models, their versions, batching settings and live stats")
     async def list_models(self, app_state: NamedDependency[AppState]) -> dict[str, Any]:

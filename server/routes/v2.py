@@ -89,10 +89,14 @@ async def _parse(request: Request, app_state: AppState, header_length: str | Non
 
 async def _classify(classifier: Classifier, model: LoadedModel, plan: Plan, deadline: Deadline) -> Classification:
     """V1 and V2 requests ride the same batches through the same classifier. V2 has no
-    per-sample errors, so a request's images reach the model only when all of them decoded."""
+    per-sample errors, so a request's images reach the model only when all of them decoded.
+
+    Images found in the result cache are answered from it: it keeps each answer's whole score
+    vector (the logits), which is what every V2 output is built from. No fallback answers V2: the
+    protocol addresses one model, whose metadata the client read and whose outputs it expects."""
     if plan.images is not None:
         images = [ImageInput(data) for data in plan.images]
-        return await classifier.classify_images(model, images, 1, deadline, all_or_nothing=True)
+        return await classifier.classify_images(model, images, 1, deadline, all_or_nothing=True, fall_back=False)
     assert plan.tensor is not None
     return await classifier.classify_tensors(model, list(plan.tensor), 1, deadline)  # views: no copy per sample
 
@@ -176,9 +180,12 @@ class V2Controller(Controller):
         serving = app_state.serving
         with recording(serving.recorder, request, ROUTE, name) as record:
             app_state.refuse_if_draining()
-            if app_state.backend.name != "direct":
+            if app_state.backend.name == "queue":
                 raise NotServedHere("this web tier classifies through its queue workers, which take images on "
                                     "/v1/classify and /v1/jobs; V2 inference needs a server run with --backend direct")
+            if app_state.backend.name == "remote":
+                raise NotServedHere("this web tier forwards /v1/classify to its upstreams; send V2 inference to "
+                                    "an upstream (a server run with --backend direct)")
             model = record.uses(serving.registry.lease(name, parse_version(version)))
             decoded = await _parse(request, app_state, header_length)
             plan = plan_request(decoded, model, app_state.config.limits.max_images_per_request)

@@ -93,7 +93,8 @@ class UIController(Controller):
     @get("/dashboard", media_type=MediaType.HTML, name="ui:dashboard")
     async def dashboard(self, app_state: NamedDependency[AppState]) -> Template:
         return _page("dashboard.html", "/dashboard", "Dashboard", app_state,
-                     events_on=app_state.serving.writer is not None)
+                     events_on=app_state.serving.writer is not None,
+                     drift_on=app_state.serving.recorder.drift is not None)
 
 
 def ui_route_handlers() -> list[ControllerRouterHandler]:

@@ -9,12 +9,21 @@ import pytest
 from batchserve.batching import BatchingConfig
 from batchserve.batching.cost import CostModel
 from batchserve.model_repo.errors import ModelLoadError
-from batchserve.serving.knobs import KNOBS, KnobOverrides, ModelSettings, RequestLimits, RuntimeKnobs, per_model_env
+from batchserve.serving.knobs import (
+    KNOBS,
+    KnobOverrides,
+    ModelSettings,
+    RequestLimits,
+    RoutingKnobs,
+    RuntimeKnobs,
+    per_model_env,
+)
 from batchserve.serving.simulated import SimulatedDevice
 
 
-def test_knobs_are_the_fields_of_the_three_typed_configs() -> None:
-    fields = [f.name for config in (BatchingConfig, RequestLimits, RuntimeKnobs) for f in dataclasses.fields(config)]
+def test_knobs_are_the_fields_of_the_typed_configs() -> None:
+    fields = [f.name for config in (BatchingConfig, RequestLimits, RuntimeKnobs, RoutingKnobs)
+              for f in dataclasses.fields(config)]
     assert list(KNOBS) == fields
     assert all(knob.help for knob in KNOBS.values())
 

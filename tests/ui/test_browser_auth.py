@@ -141,6 +141,7 @@ def test_a_wrong_key_is_explained_and_a_right_one_recovers(page: Page, watch: Pa
 
 def test_the_dashboard_needs_the_stats_scope(page: Page, watch: PageWatch, locked_ui: LockedUi) -> None:
     watch.allow(r"/v1/stats", 403)
+    watch.allow(r"/metrics", 403)  # the drift panel reads the gauges with the same key
     page.goto("/dashboard")
     enter_key(page, locked_ui.classify.key)
     page.wait_for_function("() => document.getElementById('auth-message').textContent.includes(\"'stats' scope\")")

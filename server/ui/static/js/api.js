@@ -60,3 +60,26 @@ export async function getJSON(url) {
   }
   return body;
 }
+
+// GET a text document (the Prometheus exposition of /metrics); failures as getJSON's, except that
+// only a missing or wrong key (401) opens the key form: a key without the scope (403) is for the
+// caller to report, since the page's main panel already asks for a better key when it needs one.
+export async function getText(url) {
+  let response;
+  try {
+    response = await fetch(url, { headers: { Accept: "text/plain", ...authHeaders() } });
+  } catch (err) {
+    throw new ApiError(`could not reach the server (${err.message})`);
+  }
+  const text = await response.text();
+  if (response.ok) return text;
+  let body = null;
+  try {
+    body = JSON.parse(text);
+  } catch {
+    // not an error document of ours: the status alone tells
+  }
+  if (response.status === 401) askForKey(errorMessage(body, response.status));
+  const code = body && body.error && body.error.code ? body.error.code : "http_error";
+  throw new ApiError(errorMessage(body, response.status), { status: response.status, code, body });
+}
