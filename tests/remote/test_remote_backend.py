@@ -112,9 +112,17 @@ def test_the_deadline_travels_to_the_upstream(cluster: Cluster, chelsea: bytes) 
         async with httpx.AsyncClient(timeout=60) as client:
             busy = asyncio.create_task(client.post(f"{cluster.real.url}/v1/classify", params={"model": REAL},
                                                    files=blocker))
-            await asyncio.sleep(0.3)  # the blocker's images are in the upstream's pool or batch by now
+
+            async def blocker_admitted() -> bool:  # its 24 images are ahead of ours in the upstream
+                text = (await client.get(f"{cluster.real.url}/metrics")).text
+                return "batchserve_admission_inflight_requests 1.0" in text or busy.done()
+
+            while not await blocker_admitted():
+                await asyncio.sleep(0.01)
+            assert not busy.done(), "the blocker finished before the late request could follow it"
             started = time.monotonic()
-            late = await client.post(f"{cluster.web.url}/v1/classify", params={"model": REAL, "timeout_ms": 150},
+            # 20 ms: less than the 24 images ahead of it take on any CPU, more than forwarding needs.
+            late = await client.post(f"{cluster.web.url}/v1/classify", params={"model": REAL, "timeout_ms": 20},
                                      content=chelsea, headers={"Content-Type": "image/jpeg"})
             elapsed = time.monotonic() - started
             assert (await busy).status_code == 200
