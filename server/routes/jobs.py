@@ -43,12 +43,12 @@ from batchserve.jobs.job_results import StoredResult, page, progress
 from batchserve.jobs.job_store import JobStore, storage_failure
 from batchserve.jobs.job_submission import PlannedImage, submit_job, upload_key
 from batchserve.jobs.web_tier import QueueBackend, unavailable
-from batchserve.server.client_numbers import MAX_MODEL_VERSION, ascii_int, model_version
+from batchserve.server.client_numbers import ascii_int
 from batchserve.server.errors import V1_HANDLERS
 from batchserve.server.recording import recording
 from batchserve.server.request_context import caller_of
 from batchserve.server.request_input import MULTIPART, read_body, read_images
-from batchserve.server.routes.v1 import DEFAULT_TOP_K, TOP_K_SCHEMA, VERSION_SCHEMA
+from batchserve.server.routes.v1 import TOP_K_SCHEMA, VERSION_SCHEMA, top_k_query, version_query
 from batchserve.server.schemas import (
     JobAccepted,
     JobLinks,
@@ -112,24 +112,6 @@ def _number(text: str | None, name: str, default: int, low: int, high: int) -> i
     if value is None or not low <= value <= high:
         raise InvalidParameter(f"{name} must be an integer from {low} to {high}, not {text[:40]!r}")
     return value
-
-
-def _version(text: str | None) -> int | None:
-    if text is None:
-        return None
-    version = model_version(text)
-    if version is None:
-        raise InvalidParameter(f"version must be a positive integer (at most {MAX_MODEL_VERSION}), not {text[:40]!r}")
-    return version
-
-
-def _top_k(text: str | None) -> int:
-    if text is None:
-        return DEFAULT_TOP_K
-    k = ascii_int(text, max_digits=9)
-    if k is None:
-        raise InvalidParameter(f"top_k must be a positive integer, not {text[:40]!r}")
-    return k
 
 
 async def _plan(request: Request, app_state: AppState, backend: QueueBackend, job_id: str) -> list[PlannedImage]:
@@ -214,8 +196,8 @@ class JobsController(Controller):
         serving = app_state.serving
         with recording(serving.recorder, request, ROUTE, model) as record:
             app_state.refuse_if_draining()
-            requested_version = record.version = _version(version)
-            requested_k = _top_k(top_k)
+            requested_version = record.version = version_query(version)
+            requested_k = top_k_query(top_k)
             loaded = record.uses(serving.registry.lease(model, requested_version))
             k = validate_top_k(requested_k, loaded)
             store = _store(request, backend)

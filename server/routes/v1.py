@@ -45,7 +45,7 @@ CLASSIFY_ERRORS = {
 }
 
 
-def _version(text: str | None) -> int | None:
+def version_query(text: str | None) -> int | None:
     if text is None:
         return None
     version = model_version(text)
@@ -56,7 +56,7 @@ def _version(text: str | None) -> int | None:
     return version
 
 
-def _top_k(text: str | None) -> int:
+def top_k_query(text: str | None) -> int:
     if text is None:
         return DEFAULT_TOP_K
     k = ascii_int(text, max_digits=9)
@@ -132,8 +132,8 @@ class ClassifyController(Controller):
         serving = app_state.serving
         with recording(serving.recorder, request, ROUTE, model) as record:
             app_state.refuse_if_draining()
-            requested_version = record.version = _version(version)
-            requested_k = _top_k(top_k)
+            requested_version = record.version = version_query(version)
+            requested_k = top_k_query(top_k)
             requested_ms = requested_timeout_ms(timeout_ms, timeout_header)
             # The model's fallback stands in when the model is not loaded (serving/fallback.py).
             loaded = record.uses(serving.fallbacks.lease(model, requested_version, requested_k))
