@@ -17,6 +17,7 @@ from typing import Literal
 from batchserve.events.config import EventsConfig
 from batchserve.serving.cache_config import CacheConfig
 from batchserve.serving.config import ServingConfig
+from batchserve.serving.drift_config import DriftConfig
 
 LogLevel = Literal["debug", "info", "warning", "error", "critical"]
 LogFormat = Literal["text", "json"]
@@ -167,6 +168,11 @@ class WorkerConfig:
     autoscaling_group: str | None = field(default=None, metadata=_help(
         "with --scale-in-protection: the instance's Auto Scaling group (default: its aws:autoscaling:groupName "
         "tag, from the instance metadata service when instance metadata tags are enabled)"))
+    metrics_port: int | None = field(default=None, metadata=_help(
+        "serve Prometheus metrics (batches, the batcher, drift, messages) on this port at /metrics, without auth; "
+        "0 picks a free port"))
+    metrics_host: str = field(default="0.0.0.0", metadata=_help(
+        "interface of the metrics listener"))
 
     def __post_init__(self) -> None:
         _within("max_held", self.max_held, 1, 10_000)
@@ -175,6 +181,8 @@ class WorkerConfig:
             raise ValueError(f"shutdown_grace_s must be in (0, 3600], not {self.shutdown_grace_s}")
         if not 0 < self.scale_in_idle_s <= 3600:
             raise ValueError(f"scale_in_idle_s must be in (0, 3600], not {self.scale_in_idle_s}")
+        if self.metrics_port is not None:
+            _within("metrics_port", self.metrics_port, 0, 65535)
 
 
 @dataclass(frozen=True)
@@ -193,6 +201,7 @@ class WorkerSettings:
     serving: ServingConfig
     events: EventsConfig
     cache: CacheConfig = field(default_factory=CacheConfig)  # the worker keeps the result cache in queue mode
+    drift: DriftConfig = field(default_factory=DriftConfig)  # watched when --metrics-port exports it
 
 
 def _within(name: str, value: int, low: int, high: int) -> None:

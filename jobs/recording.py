@@ -16,14 +16,16 @@ import msgspec
 
 from batchserve.events.model import Event
 from batchserve.events.writer import EventWriter
+from batchserve.serving.drift import DriftMonitor
 from batchserve.serving.recording import Recorder
 
 
 class EventLedger:
     """The worker's one path to the event writer."""
 
-    def __init__(self, writer: EventWriter | None) -> None:
+    def __init__(self, writer: EventWriter | None, drift: DriftMonitor | None = None) -> None:
         self.writer = writer
+        self.drift = drift  # sees every answer, events on or off
         self.put_total = 0
 
     def put(self, event: Event) -> None:
@@ -42,9 +44,9 @@ class EventLedger:
     def recorder(self, event_id: str, received_at: datetime | None) -> Recorder:
         """A Recorder whose events (one per message) carry `event_id` and, when known, `received_at`."""
         if self.writer is None:
-            return Recorder(None)
+            return Recorder(None, self.drift)
         # Recorder only calls put(); the stamp forwards to the real writer through the ledger.
-        return Recorder(cast(EventWriter, _Stamp(self, event_id, received_at)))
+        return Recorder(cast(EventWriter, _Stamp(self, event_id, received_at)), self.drift)
 
 
 class _Stamp:

@@ -19,6 +19,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from prometheus_client import make_asgi_app
+
 from batchserve.jobs.aws import AwsClients, connect, is_missing, is_unavailable
 from batchserve.jobs.backoff import Backoff, GaveUp, retrying
 from batchserve.jobs.capacity import Capacity
@@ -27,11 +29,14 @@ from batchserve.jobs.dead_letters import drain_dead_letters
 from batchserve.jobs.errors import QueueModeSetupError
 from batchserve.jobs.handling import Answered, Handler
 from batchserve.jobs.held import HeldMessage, Holdings
+from batchserve.jobs.metrics import MessageCounts, WorkerMetrics
 from batchserve.jobs.protection import ScaleInProtection
 from batchserve.jobs.recording import EventLedger
 from batchserve.jobs.replies import Responder
 from batchserve.model_repo.errors import ModelRepoError
 from batchserve.serving.core import Serving
+from batchserve.serving.drift import DriftMonitor
+from batchserve.serving.metrics_listener import MetricsListener
 
 log = logging.getLogger("batchserve.worker")
 
@@ -52,6 +57,8 @@ class Worker:
         self._tasks: set[asyncio.Task[None]] = set()
         self.answered_total = self.handed_back_total = 0
         self._serving: Serving | None = None
+        self.metrics = WorkerMetrics()
+        self._listener: MetricsListener | None = None
 
     # ---- lifecycle --------------------------------------------------------------------------
     def request_stop(self, reason: str) -> None:
@@ -74,9 +81,14 @@ class Worker:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop, sig.name)
         settings = self.settings
+        try:
+            self._listener = self._bind_metrics()
+        except OSError as exc:
+            log.error("cannot serve metrics on port %s: %s", settings.worker.metrics_port, exc)
+            return 1
         # No fallbacks yet: a result names the model its message asked for (jobs/handling.py).
         serving = Serving.build(settings.serving, settings.events, retire_grace_s=settings.worker.shutdown_grace_s,
-                                cache=settings.cache, fall_back=False)
+                                on_batch=self.metrics.batches.observe_batch, cache=settings.cache, fall_back=False)
         await serving.start()
         try:
             await serving.registry.load_configured()
@@ -85,12 +97,23 @@ class Worker:
             await serving.close(settings.worker.shutdown_grace_s)
             return 1
         self._serving = serving
+        if self._listener is not None:
+            await self._listener.start()
         try:
             async with connect(settings.queue, connections=settings.queue.pollers + EXTRA_CONNECTIONS) as aws, \
                     ScaleInProtection(settings.queue, settings.worker) as protection:
                 return await self._serve(aws, serving, protection)
         finally:
             await self._close_serving()
+            if self._listener is not None:
+                await self._listener.stop()
+
+    def _bind_metrics(self) -> MetricsListener | None:
+        """The metrics socket, bound before anything is received (OSError when the port is taken)."""
+        worker = self.settings.worker
+        if worker.metrics_port is None:
+            return None
+        return MetricsListener(make_asgi_app(self.metrics.registry), worker.metrics_host, worker.metrics_port)
 
     async def _close_serving(self) -> None:
         """Queued and running batches finish, then the event writer flushes (or spills); once."""
@@ -107,8 +130,13 @@ class Worker:
             return 1
         except GaveUp:
             return 0  # stopped before SQS was ever reachable: nothing was received
-        ledger = EventLedger(serving.writer)
+        # Drift is read only from /metrics: watched only when it is exported.
+        drift = DriftMonitor(self.settings.drift) if self._listener is not None and self.settings.drift.drift else None
+        ledger = EventLedger(serving.writer, drift)
         holdings = Holdings(aws, requests_url, self.settings.queue.visibility_timeout_s, ledger.settled_total)
+        self.metrics.watch(serving, drift, MessageCounts(
+            held=holdings.__len__, answered=lambda: self.answered_total, handed_back=lambda: self.handed_back_total,
+            deleted=lambda: holdings.deleted_total))
         protection.watch(holdings.__len__)
         responder = Responder(aws, self.names, responses_url, self.keep_trying)
         handler = Handler(serving, aws, self.names, self.settings.worker, responder, ledger, self.keep_trying)

@@ -23,8 +23,9 @@ from litestar.types import ASGIApp
 
 from batchserve.server.app import build_state, create_app
 from batchserve.server.config import ServerConfig
-from batchserve.server.metrics_listener import MetricsListener
+from batchserve.server.routes.metrics import metrics_only_app
 from batchserve.server.state import AppState
+from batchserve.serving.metrics_listener import MetricsListener
 
 log = logging.getLogger("batchserve.lifecycle")
 # Time the lifespan shutdown keeps for closing batchers and flushing events.
@@ -121,7 +122,7 @@ def serve(config: ServerConfig) -> int:
     metrics_listener = None
     if listen.metrics_port is not None and state.metrics is not None:
         try:
-            metrics_listener = MetricsListener(state.metrics, listen.host, listen.metrics_port)
+            metrics_listener = MetricsListener(metrics_only_app(state.metrics), listen.host, listen.metrics_port)
         except OSError as exc:
             log.error("cannot listen for metrics on %s:%d: %s", listen.host, listen.metrics_port, exc)
             return 1

@@ -186,7 +186,10 @@ async def test_an_image_that_waits_longer_than_the_visibility_timeout_is_answere
     # Three batches of 2, one second each, against a 2 s visibility timeout: the last two images are
     # held for 3 s while the worker's long polls wait on the queue, so without extensions they would
     # come back to it (or to any worker) and be answered twice.
-    slow = ("--simulate-model", "1000+0", "--max-batch-size", "2", "--max-held", "6", "--visibility-timeout-s", "2")
+    # One long poll: moto's receive is not atomic (two concurrent polls can both take a message), and
+    # what is checked here is the worker's own extensions, not moto's locking.
+    slow = ("--simulate-model", "1000+0", "--max-batch-size", "2", "--max-held", "6", "--visibility-timeout-s", "2",
+            "--pollers", "1")
     with WorkerProcess(deployment.name, *slow, cwd=tmp_path) as worker:
         await deployment.send_all(messages)
         await deployment.collect({m["image_id"] for m in messages}, ANSWER_TIMEOUT_S)
@@ -206,8 +209,8 @@ async def test_sigterm_drains_answering_what_it_holds_and_handing_back_the_rest(
     # Batches of 4 that take 2 s each, 8 held at most, a 3 s visibility timeout (extended every 1 s, so
     # a busy machine's slow SQS calls still land in time): the second batch's images wait 2 s and run
     # 2 s, so they are answered only once, if their visibility is extended.
-    slow = ("--simulate-model", "2000+0", "--max-batch-size", "4", "--max-held", "8", "--pollers", "2",
-            "--visibility-timeout-s", "3", "--shutdown-grace-s", grace)
+    slow = ("--simulate-model", "2000+0", "--max-batch-size", "4", "--max-held", "8", "--pollers", "1",
+            "--visibility-timeout-s", "3", "--shutdown-grace-s", grace)  # one poll: see the test above
     first = WorkerProcess(deployment.name, *slow, cwd=tmp_path, events_path=events).start()
     try:
         await deployment.send_all(messages)
@@ -311,3 +314,53 @@ async def test_a_worker_cut_off_from_s3_and_sqs_backs_off_and_recovers_without_l
 
 async def _in_flight(deployment: Deployment, count: int) -> bool:
     return await deployment.depth() == (0, count)
+
+
+def _scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+async def test_the_metrics_port_exports_batches_drift_and_message_counts(
+        deployment: Deployment, tmp_path: Path, chelsea: bytes) -> None:
+    from batchserve.loadtest.server_process import free_port
+
+    await deployment.put_image("a.jpg", chelsea)
+    messages = [deployment.request("a.jpg") for _ in range(8)]
+    port = free_port()
+    with WorkerProcess(deployment.name, *SIMULATED, "--metrics-port", str(port), "--metrics-host", "127.0.0.1",
+                       "--drift-window", "4", "--drift-reference-size", "4", cwd=tmp_path) as worker:
+        await deployment.send_all(messages)
+        await deployment.collect({m["image_id"] for m in messages}, ANSWER_TIMEOUT_S)
+        await wait_until(lambda: emptied(deployment), 30, "every request to be deleted")
+        metrics = _scrape(port)
+        assert worker.stop() == 0, worker.log()
+    model = (("model", "simulated"),)
+    assert metrics[("batchserve_worker_answered_messages_total", ())] == len(messages)
+    assert metrics[("batchserve_worker_deleted_messages_total", ())] == len(messages)
+    assert metrics[("batchserve_worker_held_messages", ())] == 0
+    assert metrics[("batchserve_batch_size_sum", (*model, ("version", "1")))] == len(messages)
+    # The first four answers are the reference, the last four fill the window.
+    assert metrics[("batchserve_drift_reference_answers", model)] == 4
+    assert metrics[("batchserve_drift_window_answers", model)] == 4
+    assert 0 < metrics[("batchserve_mean_confidence", model)] <= 1
+    assert ("batchserve_drift_psi", model) in metrics
+
+
+async def test_a_taken_metrics_port_stops_the_worker_before_it_receives(deployment: Deployment, tmp_path: Path) -> None:
+    import socket
+
+    await deployment.send_all([deployment.request("a.jpg")])
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        worker = WorkerProcess(deployment.name, *SIMULATED, "--metrics-port", str(port), "--metrics-host",
+                               "127.0.0.1", cwd=tmp_path).start(wait_ready=False)
+        assert worker.wait(60) == 1, worker.log()
+    assert f"cannot serve metrics on port {port}" in worker.log()
+    assert await deployment.depth() == (1, 0)  # nothing was received

@@ -1,21 +1,20 @@
-"""`--metrics-port`: `/metrics` alone on a second listener, without auth, for the scrapers of a
-private network (as Triton's metrics port). The API port keeps its own `/metrics` behind the
-stats scope.
+"""`--metrics-port`: `/metrics` alone on a listener of its own, without auth, for the scrapers of a
+private network (as Triton's metrics port). The server's API port keeps its own `/metrics` behind
+the stats scope; the queue worker, which has no API, has only this one.
 
-It runs in the API server's event loop, as a second uvicorn server sharing nothing but the
-metrics registry; its socket is bound before the API server starts, so a taken port fails the
-start with a clear message instead of half a server.
+It runs in the process's event loop, as a second uvicorn server sharing nothing but the metrics
+registry; its socket is bound before the process takes work, so a taken port fails the start
+with a clear message instead of half a server.
 """
 
 from __future__ import annotations
 
 import logging
 import socket
+from collections.abc import Callable
+from typing import Any
 
 import uvicorn
-
-from batchserve.server.metrics import Metrics
-from batchserve.server.routes.metrics import metrics_only_app
 
 log = logging.getLogger("batchserve.metrics")
 
@@ -28,13 +27,13 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 class MetricsListener:
-    def __init__(self, metrics: Metrics, host: str, port: int) -> None:
+    def __init__(self, app: Callable[..., Any], host: str, port: int) -> None:
         self.socket = bind(host, port)  # OSError when the port is taken
         self.host = host
         self.port = int(self.socket.getsockname()[1])
         # access_log=False would silence the process-wide `uvicorn.access` logger, the API port's
         # --access-log included; left on, scrapes are logged exactly when API requests are.
-        config = uvicorn.Config(metrics_only_app(metrics), http="httptools", lifespan="off", log_config=None,
+        config = uvicorn.Config(app, http="httptools", lifespan="off", log_config=None,
                                 access_log=True, server_header=False, timeout_graceful_shutdown=1)
         self.server = uvicorn.Server(config)
 
