@@ -40,9 +40,10 @@ SETTLE_TIMEOUT_S = 30
 BUSY_CPU_S = 0.05
 # So that the worker to be killed surely has messages in hand when it is: the other one holds at
 # most a few at once (the rest wait for the first), and the first holds what it receives for a
-# while, its batch filling (the 50 images fit in one batch).
+# while, its batch filling (the 50 images fit in one batch) for long enough that a loaded machine's
+# slow start still kills it mid-batch.
 SURVIVOR_ARGS = ("--max-held", "10")
-VICTIM_BATCH_DELAY_S = 3
+VICTIM_BATCH_DELAY_S = 6
 # Its long polls last a second: moto's server would otherwise go on answering those of a killed
 # worker for up to 20 s, taking its messages out of sight once more when they come back.
 VICTIM_ARGS = ("--max-queue-delay-ms", str(VICTIM_BATCH_DELAY_S * 1000), "--max-batch-size", "64",
@@ -188,7 +189,7 @@ async def test_the_workload_through_queue_mode_is_answered_once_even_when_a_work
     await wait_until(victim_busy, 60, "the first worker to read and decode images", interval=0.02)
     victim.signal(signal.SIGKILL)
     # Its batch was still filling: nothing it held had been classified, let alone answered.
-    assert time.monotonic() - arrived < VICTIM_BATCH_DELAY_S - 1
+    assert time.monotonic() - arrived < VICTIM_BATCH_DELAY_S - 1, "the kill came too late to catch a batch filling"
     assert victim.wait(10) == -signal.SIGKILL
     output = finish_workload(workload)
 

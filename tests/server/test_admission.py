@@ -319,3 +319,23 @@ def test_over_a_real_connection_a_stalled_body_gets_408_and_is_closed(blocked_se
         assert status == 408 and json.loads(answer)["error"]["code"] == "request_timeout"
         assert headers["connection"] == "close"
         assert sock.recv(1) == b""
+
+
+@pytest.mark.slow
+def test_a_declared_body_over_the_limit_is_refused_before_it_is_read(tmp_path: Path) -> None:
+    events = tmp_path / "events.sqlite3"
+    server = ServerProcess("--simulate-model", "5+0", "--max-body-bytes", "1000", "--events-path", str(events),
+                           "--events-flush-interval-ms", "20", "--shutdown-grace", "2", "--drain-delay", "0",
+                           cwd=tmp_path)
+    with server, socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        body = bytes(5_000_000)  # far more than the socket buffers hold: a server reading it all would stall us
+        sock.sendall(raw_request("/v1/classify?model=simulated", len(body), "X-Request-ID: big-1\r\n") + body[:100])
+        status, headers, answer = read_answer(sock)
+        assert status == 413, answer
+        assert json.loads(answer)["error"]["code"] == "payload_too_large"
+        assert "5000000" in json.loads(answer)["error"]["message"] and headers.get("connection") != "close"
+        # The connection stays usable: the server skips the unread rest of the body.
+        sock.sendall(body[100:] + b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+        status, _, answer = read_answer(sock)
+        assert status == 200 and json.loads(answer)["status"] == "ok"
+    assert ("big-1", 413, "payload_too_large") in event_rows(events)
