@@ -71,6 +71,7 @@ class InProcess:
             RunnerConfig(execution_providers=spec.execution_providers, intra_op_threads=spec.intra_op_threads),
             input_name=spec.input_name,
             output_name=spec.output_name,
+            output_kind=spec.output_kind,
         )
         self.providers = list(self.runner.providers)
         self.preprocess = spec.preprocessing

@@ -1,5 +1,8 @@
 """Image bytes -> the float32 [3, crop, crop] tensor an ImageNet classifier expects.
 
+(Or [crop, crop, 3], channels in BGR order, normalised per channel: whatever the model's
+`[preprocessing]` table says; see `PreprocessConfig` and `_normalise`.)
+
 The geometry is torchvision's `Resize(short_side)` + `CenterCrop(crop)` with bilinear filtering,
 but computed without materialising the resized image: Pillow's `resize(box=...)` resamples only
 the source rectangle that survives the crop, with the same filter scale and sample positions, so
@@ -17,6 +20,7 @@ import io
 import math
 from dataclasses import dataclass
 from functools import cache
+from typing import Literal
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -43,6 +47,11 @@ _WHITE: dict[str, int | tuple[int, int, int]] = {"RGBA": (255, 255, 255), "LA": 
 Box = tuple[float, float, float, float]
 """(left, top, right, bottom) in source pixels, as Pillow's ``resize(box=...)`` takes it."""
 
+Layout = Literal["NCHW", "NHWC"]
+ChannelOrder = Literal["RGB", "BGR"]
+Normalisation = float | tuple[float, ...]
+"""One value for every channel, or one per channel in the model's channel order."""
+
 
 @dataclass(frozen=True)
 class PreprocessConfig:
@@ -51,11 +60,16 @@ class PreprocessConfig:
     resize_short_side: int = 256
     """The short side is scaled to this many pixels (bilinear) before the centre crop."""
     crop: int = 224
-    """Side of the square centre crop; the tensor is [3, crop, crop]."""
-    mean: float = 127.0
-    """Subtracted from every 0-255 channel value."""
-    std: float = 128.0
-    """Divides every channel value after the mean is subtracted."""
+    """Side of the square centre crop; the tensor is [3, crop, crop] (NCHW) or [crop, crop, 3]."""
+    mean: Normalisation = 127.0
+    """Subtracted from every 0-255 channel value: one value, or three in the order of the model's
+    input channels (`channel_order`: B, G, R for a BGR model)."""
+    std: Normalisation = 128.0
+    """Divides every channel value after the mean is subtracted: one value or three, as `mean`."""
+    layout: Layout = "NCHW"
+    """Axis order of the model's input: [N, 3, crop, crop] (NCHW) or [N, crop, crop, 3] (NHWC)."""
+    channel_order: ChannelOrder = "RGB"
+    """Order of the colour channels the model was trained on (OpenCV and Caffe models: BGR)."""
     max_pixels: int = 40_000_000
     """Decompression-bomb cap on width x height of the encoded image, checked from the header before
     any pixel is decoded. Pillow refuses images above twice its own MAX_IMAGE_PIXELS regardless.
@@ -73,18 +87,52 @@ class PreprocessConfig:
             raise ValueError(
                 f"crop must be between 1 and resize_short_side ({self.resize_short_side}), not {self.crop}"
             )
-        if not (math.isfinite(self.std) and self.std != 0):
-            raise ValueError(f"std must be a non-zero finite number, not {self.std}")
-        if not math.isfinite(self.mean):
-            raise ValueError(f"mean must be a finite number, not {self.mean}")
+        # frozen: the canonical forms are set through object.__setattr__
+        object.__setattr__(self, "mean", _canonical("mean", self.mean))
+        object.__setattr__(self, "std", _canonical("std", self.std))
+        if not all(math.isfinite(v) for v in _values(self.mean)):
+            raise ValueError(f"mean must be finite, not {self.mean}")
+        if not all(math.isfinite(v) and v != 0 for v in _values(self.std)):
+            raise ValueError(f"std must be non-zero and finite, not {self.std}")
+        if self.layout not in ("NCHW", "NHWC"):
+            raise ValueError(f"layout must be 'NCHW' or 'NHWC', not {self.layout!r}")
+        if self.channel_order not in ("RGB", "BGR"):
+            raise ValueError(f"channel_order must be 'RGB' or 'BGR', not {self.channel_order!r}")
         if self.max_pixels < 1:
             raise ValueError(f"max_pixels must be at least 1, not {self.max_pixels}")
+
+    @property
+    def sample_shape(self) -> tuple[int, int, int]:
+        """The shape of one prepared image: the model's input without its batch axis."""
+        if self.layout == "NHWC":
+            return (self.crop, self.crop, 3)
+        return (3, self.crop, self.crop)
+
+
+def _values(value: Normalisation) -> tuple[float, ...]:
+    return value if isinstance(value, tuple) else (value,)
+
+
+def _canonical(name: str, value: object) -> Normalisation:
+    """One float, or a tuple of three that are not all equal: equal configs compare equal, and
+    three equal values take the single-table path."""
+    if isinstance(value, bool):
+        raise ValueError(f"{name} must be a number or a list of 1 or 3 numbers, not {value!r}")
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, tuple | list):
+        if len(value) not in (1, 3) or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in value):
+            raise ValueError(f"{name} must be one number or 3 (one per channel), not {list(value)}")
+        floats = tuple(float(v) for v in value)
+        return floats[0] if len(set(floats)) == 1 else floats
+    raise ValueError(f"{name} must be a number or a list of 1 or 3 numbers, not {value!r}")
 
 
 @dataclass(frozen=True)
 class PreparedImage:
     tensor: np.ndarray
-    """float32 [3, crop, crop], C-contiguous, normalised as (x - mean) / std."""
+    """float32 `config.sample_shape` ([3, crop, crop] by default), C-contiguous, normalised as
+    (x - mean) / std, channels in the configured order."""
     width: int
     """Original width, after EXIF orientation."""
     height: int
@@ -283,10 +331,56 @@ def _lookup_table(mean: float, std: float) -> np.ndarray:
 
 
 def _normalise(pixels: np.ndarray, config: PreprocessConfig) -> np.ndarray:
-    """uint8 HWC (or HW for grayscale) -> float32 CHW, C-contiguous, in one gather."""
-    table = _lookup_table(float(config.mean), float(config.std))
+    """uint8 HWC (or HW for grayscale) -> float32 CHW, C-contiguous, in one gather.
+
+    This is the hot path every default model takes; other layouts, channel orders and
+    per-channel constants branch off to `_normalise_configured` so they cost it nothing."""
+    mean, std = config.mean, config.std
+    if not (isinstance(mean, float) and isinstance(std, float)
+            and config.layout == "NCHW" and config.channel_order == "RGB"):
+        return _normalise_configured(pixels, config)
+    table = _lookup_table(mean, std)
     if pixels.ndim == 2:
         tensor = np.empty((3, *pixels.shape), dtype=np.float32)
         tensor[:] = np.take(table, pixels)
         return tensor
     return np.ascontiguousarray(np.take(table, pixels.transpose(2, 0, 1)))
+
+
+def _three(value: Normalisation) -> tuple[float, float, float]:
+    a, b, c = value if isinstance(value, tuple) else (value, value, value)
+    return (a, b, c)
+
+
+@cache
+def _channel_tables(mean: tuple[float, float, float], std: tuple[float, float, float]) -> np.ndarray:
+    """float32 [3, 256]: row i is (v - mean[i]) / std[i] for every uint8 v, model channel i."""
+    values = np.arange(256, dtype=np.float64)
+    tables = np.stack([((values - m) / s) for m, s in zip(mean, std, strict=True)]).astype(np.float32)
+    tables.setflags(write=False)
+    return tables
+
+
+def _normalise_configured(pixels: np.ndarray, config: PreprocessConfig) -> np.ndarray:
+    """uint8 HWC RGB (or HW grayscale) -> float32 in the model's layout and channel order, each
+    model channel i normalised by mean[i] and std[i]: still one table lookup per value."""
+    tables = _channel_tables(_three(config.mean), _three(config.std))
+    if pixels.ndim == 2:  # grayscale: every model channel reads the one plane
+        planes = [pixels, pixels, pixels]
+    else:
+        order = (2, 1, 0) if config.channel_order == "BGR" else (0, 1, 2)
+        planes = [pixels[..., source] for source in order]
+    height, width = pixels.shape[:2]
+    if config.layout == "NCHW":
+        tensor = np.empty((3, height, width), dtype=np.float32)
+        for i, plane in enumerate(planes):
+            np.take(tables[i], plane, out=tensor[i])
+        return tensor
+    if pixels.ndim == 3 and isinstance(config.mean, float) and isinstance(config.std, float):
+        # NHWC with one table: the HWC pixels are already in this order (reversed for BGR).
+        source = pixels[..., ::-1] if config.channel_order == "BGR" else pixels
+        return np.take(tables[0], source)
+    tensor = np.empty((height, width, 3), dtype=np.float32)
+    for i, plane in enumerate(planes):
+        tensor[..., i] = np.take(tables[i], plane)
+    return tensor

@@ -9,7 +9,7 @@ from __future__ import annotations
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 
@@ -55,6 +55,8 @@ class ModelSpec:
     input_shape: tuple[int, ...] = (3, 224, 224)
     output_name: str = "logits"
     classes: int = 1000
+    output_kind: str = "logits"
+    """"logits", or "probabilities" for a graph that ends in a softmax (see runner.Runner)."""
     preprocessing: PreprocessConfig = field(default_factory=PreprocessConfig)
     batching: dict[str, Any] = field(default_factory=dict)
     execution_providers: tuple[str, ...] = DEFAULT_EXECUTION_PROVIDERS
@@ -99,6 +101,7 @@ class _InputTable(msgspec.Struct, frozen=True):
 class _OutputTable(msgspec.Struct, frozen=True):
     name: str = "logits"
     classes: int = 1000
+    kind: Literal["logits", "probabilities"] = "logits"
 
 
 class _RuntimeTable(msgspec.Struct, frozen=True):
@@ -131,6 +134,12 @@ def parse_model_config(path: Path) -> ModelSpec:
         config = msgspec.convert(raw, _ConfigFile)
     except msgspec.ValidationError as exc:  # the message ends with the key's path, e.g. `$.output.classes`
         raise ModelLoadError(f"{path}: {exc}") from None
+    fed = config.preprocessing.sample_shape
+    if tuple(config.input.shape) != fed:  # V2 clients send [N, *shape]; images become [N, *fed]
+        raise ModelLoadError(
+            f"{path}: [input] shape {list(config.input.shape)} does not match [preprocessing], which makes "
+            f"{list(fed)} (crop {config.preprocessing.crop}, layout {config.preprocessing.layout})"
+        )
     return ModelSpec(
         name=path.parent.name if config.name is None else config.name,
         directory=path.parent,
@@ -141,6 +150,7 @@ def parse_model_config(path: Path) -> ModelSpec:
         input_shape=config.input.shape,
         output_name=config.output.name,
         classes=config.output.classes,
+        output_kind=config.output.kind,
         preprocessing=config.preprocessing,
         batching=dict(config.batching),
         execution_providers=config.runtime.execution_providers,

@@ -12,9 +12,13 @@ import numpy as np
 import onnxruntime as ort
 
 from batchserve.model_repo.errors import ModelLoadError
-from batchserve.model_repo.providers import DEFAULT_PROVIDERS, choose_providers, provider_options
+from batchserve.model_repo.providers import DEFAULT_PROVIDERS, session_providers
 
 log = logging.getLogger("batchserve.runner")
+OUTPUT_KINDS = ("logits", "probabilities")
+# log(0) would be -inf, which softmax refuses: a probability is floored at the smallest normal
+# float32 (log: -87.3), whose softmax weight rounds to nothing next to any real class.
+_SMALLEST_PROBABILITY = float(np.finfo(np.float32).tiny)
 
 
 @dataclass(frozen=True)
@@ -34,7 +38,13 @@ class RunnerConfig:
 
 
 class Runner:
-    """A loaded model graph: float32 [N, C, H, W] in, float32 [N, classes] out.
+    """A loaded model graph: float32 [N, C, H, W] (or [N, H, W, C]) in, float32 [N, classes] logits out.
+
+    A graph whose output is already probabilities (`output_kind="probabilities"`, one ending in a
+    softmax) answers their logarithm: log-probabilities are logits whose softmax gives the same
+    probabilities back, so everything downstream (ranking, V2's `probabilities`, the cache, drift)
+    treats every model alike, and applying softmax to probabilities (which would flatten them
+    towards uniform) never happens.
 
     `infer` and `infer_samples` may be called from several threads at once: ONNX Runtime's
     `run` is thread-safe and releases the GIL, and each thread stacks its batch into a buffer
@@ -48,11 +58,15 @@ class Runner:
         *,
         input_name: str = "input",
         output_name: str = "logits",
+        output_kind: str = "logits",
     ) -> None:
+        if output_kind not in OUTPUT_KINDS:
+            raise ValueError(f"output_kind must be one of {OUTPUT_KINDS}, not {output_kind!r}")
         self.model_path = Path(model_path)
         self.config = config
         self.input_name = input_name
         self.output_name = output_name
+        self.output_kind = output_kind
         self._session: ort.InferenceSession | None = _open_session(self.model_path, config)
         self.providers: list[str] = list(self._session.get_providers())
         inputs = {i.name: i for i in self._session.get_inputs()}
@@ -80,10 +94,10 @@ class Runner:
         if output_shape and isinstance(output_shape[-1], int):
             return int(output_shape[-1])
         # A symbolic class dimension: one probe run says what it is.
-        return int(self.infer(np.zeros((1, *self.sample_shape), dtype=np.float32)).shape[-1])
+        return int(self.infer(np.zeros((self.fixed_batch or 1, *self.sample_shape), dtype=np.float32)).shape[-1])
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
-        """float32 [N, C, H, W] -> float32 [N, classes]."""
+        """float32 [N, *sample_shape] -> float32 [N, classes] logits."""
         session = self._session  # a local reference: close() during a run must not break it
         if session is None:
             raise RuntimeError(f"runner for {self.model_path} is closed")
@@ -94,10 +108,12 @@ class Runner:
             raise ValueError(f"batch must have shape [N>=1, {dims}], not {list(batch.shape)}")
         if self.fixed_batch is not None and batch.shape[0] != self.fixed_batch:
             raise ValueError(f"this graph takes batches of exactly {self.fixed_batch}, not {batch.shape[0]}")
-        return session.run([self.output_name], {self.input_name: batch})[0]
+        out: np.ndarray = session.run([self.output_name], {self.input_name: batch})[0]
+        return as_logits(out, self.output_kind)
 
     def infer_samples(self, samples: list[np.ndarray]) -> list[np.ndarray]:
-        """The batcher's batch function: one [C, H, W] sample per request in, one logits row each out.
+        """The batcher's batch function: one sample (the input's shape minus the batch axis) per
+        request in, one logits row each out.
 
         The rows are views of one [N, classes] array (no per-row copies). A graph with a fixed
         batch size gets its batch padded with zeros up to that size."""
@@ -152,15 +168,22 @@ class Runner:
         self.close()
 
 
+def as_logits(scores: np.ndarray, output_kind: str) -> np.ndarray:
+    """A graph's output as logits: unchanged, or the logarithm of probabilities (see Runner)."""
+    if output_kind == "probabilities":
+        return np.log(np.maximum(scores, _SMALLEST_PROBABILITY))
+    return scores
+
+
 def _open_session(path: Path, config: RunnerConfig) -> ort.InferenceSession:
     model_name = path.parent.parent.name or "NAME"
     build_hint = f"build it with `batchserve models build {model_name}`"
     if not path.is_file():
         raise ModelLoadError(f"model file {path} does not exist; {build_hint}")
-    names = choose_providers(config.execution_providers, ort.get_available_providers())
-    providers = [
-        (name, provider_options(name, trt_engine_cache_path=config.trt_engine_cache_path)) for name in names
-    ]
+    providers = session_providers(
+        path, config.execution_providers, ort.get_available_providers(), config.trt_engine_cache_path
+    )
+    names = [name for name, _ in providers]
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL

@@ -18,6 +18,8 @@ STRIDE = 8
 def mean_brightness(tensor: np.ndarray, preprocess: PreprocessConfig) -> float | None:
     """Mean pixel value (0-255) of the crop the model sees, undoing the normalisation; None for a
     tensor of a shape this does not know (drift statistics must never fail a request)."""
+    if tensor.ndim == 3 and preprocess.layout == "NHWC":
+        tensor = tensor.transpose(2, 0, 1)  # a view: channels first, as below expects
     if tensor.ndim != 3 or tensor.shape[0] not in (1, 3):
         return None
     channels = tensor.shape[0]

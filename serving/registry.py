@@ -307,6 +307,7 @@ class ModelRegistry:
             ),
             input_name=spec.input_name,
             output_name=spec.output_name,
+            output_kind=spec.output_kind,
         )
         try:
             check_classes(spec, version, len(labels), runner.num_classes)

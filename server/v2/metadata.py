@@ -67,7 +67,7 @@ def model_config(registry: ModelRegistry, model: LoadedModel) -> dict[str, Any]:
         "version_policy": policy,
         "max_batch_size": batching.max_batch_size,
         "input": [
-            {"name": model.input_name, "data_type": CONFIG_NAMES["FP32"], "format": "FORMAT_NCHW",
+            {"name": model.input_name, "data_type": CONFIG_NAMES["FP32"], "format": f"FORMAT_{model.preprocess.layout}",
              "dims": list(model.input_shape)},
             {"name": IMAGE_INPUT, "data_type": CONFIG_NAMES[BYTES], "dims": [1], "reshape": {"shape": []},
              "optional": True},

@@ -24,9 +24,12 @@ def build_outputs(model: LoadedModel, plans: list[OutputPlan], logits: np.ndarra
     logits = np.asarray(logits, dtype=np.float32)
     n, classes = logits.shape
     probabilities: np.ndarray | None = None
+    # A graph that outputs probabilities hands the batcher their logarithm (see Runner); its own
+    # output answers what the graph computed, the probabilities.
+    graph_probabilities = model.runner is not None and model.runner.output_kind == "probabilities"
     outputs = []
     for plan in plans:
-        if plan.name == PROBABILITIES_OUTPUT:
+        if plan.name == PROBABILITIES_OUTPUT or graph_probabilities:
             if probabilities is None:
                 probabilities = softmax(logits, axis=1).astype(np.float32)
             values = probabilities

@@ -1,10 +1,11 @@
 """What a decoded V2 request asks of one model: which samples, which outputs, in which form.
 
-A model takes exactly one of two inputs: its own tensor input (FP32 [N,3,224,224], already
-preprocessed) or `image`, a BYTES [N] tensor of encoded images that the server decodes and
-preprocesses exactly as /v1/classify does. It answers with `logits` and/or `probabilities`
-(softmax of the logits), either as FP32 [N,C] tensors or, with Triton's classification
-parameter, as BYTES [N,k] strings "<value>:<class id>:<label>".
+A model takes exactly one of two inputs: its own tensor input (FP32 [N, *input shape], e.g.
+[N,3,224,224], in the model's own layout, already preprocessed) or `image`, a BYTES [N] tensor
+of encoded images that the server decodes and preprocesses exactly as /v1/classify does. It
+answers with `logits` and/or `probabilities` (softmax of the logits), either as FP32 [N,C]
+tensors or, with Triton's classification parameter, as BYTES [N,k] strings
+"<value>:<class id>:<label>".
 """
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ PROBABILITIES_OUTPUT = "probabilities"
 MAX_TIMEOUT_US = 2**63 - 1  # Triton's own bound; the model's max_timeout_ms caps what is used
 
 
-def output_names(model: LoadedModel) -> tuple[str, str]:
+def output_names(model: LoadedModel) -> tuple[str, ...]:
+    if model.output_name == PROBABILITIES_OUTPUT:  # a graph whose output bears the name: listed once
+        return (PROBABILITIES_OUTPUT,)
     return (model.output_name, PROBABILITIES_OUTPUT)
 
 

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import re
 import struct
 import subprocess
 import sys
@@ -16,10 +17,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageOps
 
-from batchserve.model_repo.errors import ImageDecodeError, ImageTooLarge, ModelRepoError, UnsupportedImageType
+from batchserve.model_repo.errors import (
+    ImageDecodeError,
+    ImageTooLarge,
+    ModelLoadError,
+    ModelRepoError,
+    UnsupportedImageType,
+)
 from batchserve.model_repo.image_formats import check_declared_type, require_format
 from batchserve.model_repo.pixel_modes import to_resizable_mode
 from batchserve.model_repo.preprocess import PreparedImage, PreprocessConfig, crop_box, decode_image, prepare_image
+from batchserve.model_repo.repository import parse_model_config
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = PreprocessConfig()
@@ -144,6 +152,99 @@ def test_degenerate_sizes_work(size: tuple[int, int]) -> None:
 def test_config_rejects_nonsense(kwargs: dict) -> None:
     with pytest.raises(ValueError):
         PreprocessConfig(**kwargs)
+
+
+# --- layout, channel order, per-channel normalisation ---------------------------------------
+
+
+def pixels_of(prepared: PreparedImage) -> np.ndarray:
+    """The default config's tensor back on the 0-255 scale, HWC RGB (float64)."""
+    return prepared.tensor.astype(np.float64).transpose(1, 2, 0) * 128 + 127
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("order", ["RGB", "BGR"])
+@pytest.mark.parametrize(
+    ("mean", "std"), [(127.0, 128.0), ((123.675, 116.28, 103.53), (58.395, 57.12, 57.375)), (0.0, (1.0, 2.0, 4.0))]
+)
+@pytest.mark.parametrize("mode", ["RGB", "L"])
+def test_every_layout_order_and_normalisation(layout: str, order: str, mean, std, mode: str) -> None:
+    img = photo(300, 260, seed=3).convert(mode)
+    data = encode(img, "PNG")
+    config = PreprocessConfig(layout=layout, channel_order=order, mean=mean, std=std)
+    prepared = prepare_image(data, config)
+    assert prepared.tensor.shape == config.sample_shape
+    assert prepared.tensor.dtype == np.float32 and prepared.tensor.flags["C_CONTIGUOUS"]
+    # The same crop as the default path, rearranged and normalised by the obvious formula.
+    rgb = pixels_of(prepare_image(data, CONFIG))
+    channels = rgb[..., ::-1] if order == "BGR" else rgb
+    expected = (channels - np.broadcast_to(mean, 3)) / np.broadcast_to(std, 3)
+    if layout == "NCHW":
+        expected = expected.transpose(2, 0, 1)
+    assert np.allclose(prepared.tensor, expected, atol=1e-4)
+
+
+def test_bgr_puts_blue_first() -> None:
+    data = encode(Image.new("RGB", (240, 240), (250, 120, 10)), "PNG")
+    nchw = prepare_image(data, PreprocessConfig(channel_order="BGR", mean=0, std=1)).tensor
+    nhwc = prepare_image(data, PreprocessConfig(channel_order="BGR", layout="NHWC", mean=0, std=1)).tensor
+    assert nchw[:, 5, 5].tolist() == [10.0, 120.0, 250.0]
+    assert nhwc[5, 5].tolist() == [10.0, 120.0, 250.0]
+
+
+def test_the_default_path_is_unchanged() -> None:
+    """The default tensor is one table gather of (v - 127) / 128, exactly."""
+    img = photo(300, 260, seed=4)
+    tensor = prepare_image(encode(img, "PNG"), CONFIG).tensor
+    values = np.round(tensor.astype(np.float64) * 128 + 127)
+    assert np.array_equal(tensor, ((values - 127.0) / 128.0).astype(np.float32))
+
+
+@pytest.mark.parametrize(
+    ("given", "kept"),
+    [(100, 100.0), ([100], 100.0), ([5, 5, 5], 5.0), ((1, 2, 3), (1.0, 2.0, 3.0)), ([1.5, 2, 3], (1.5, 2.0, 3.0))],
+)
+def test_mean_and_std_are_one_value_or_three(given, kept) -> None:
+    config = PreprocessConfig(mean=given, std=given)
+    assert config.mean == kept and config.std == kept
+    assert PreprocessConfig(mean=given) == PreprocessConfig(mean=kept)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"mean": (1.0, 2.0)}, "mean must be one number or 3"),
+        ({"std": (1.0, 0.0, 1.0)}, "std must be non-zero and finite"),
+        ({"mean": (1.0, float("nan"), 1.0)}, "mean must be finite"),
+        ({"mean": True}, "mean must be a number"),
+        ({"layout": "CHW"}, "layout must be 'NCHW' or 'NHWC'"),
+        ({"channel_order": "GBR"}, "channel_order must be 'RGB' or 'BGR'"),
+    ],
+)
+def test_bad_normalisation_and_layout(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        PreprocessConfig(**kwargs)
+
+
+def test_preprocessing_keys_in_config_toml(tmp_path: Path) -> None:
+    config = tmp_path / "m" / "config.toml"
+    config.parent.mkdir()
+    config.write_text(
+        "[input]\nshape = [160, 160, 3]\n"
+        "[preprocessing]\nresize_short_side = 183\ncrop = 160\nmean = [123.675, 116.28, 103.53]\nstd = 58\n"
+        "layout = 'NHWC'\nchannel_order = 'BGR'\n"
+    )
+    spec = parse_model_config(config)
+    assert spec.preprocessing == PreprocessConfig(
+        resize_short_side=183, crop=160, mean=(123.675, 116.28, 103.53), std=58.0, layout="NHWC", channel_order="BGR"
+    )
+    config.write_text("[preprocessing]\nlayout = 'NHWC'\n")  # [input] shape left at [3, 224, 224]
+    with pytest.raises(ModelLoadError, match=re.escape("[input] shape [3, 224, 224] does not match [preprocessing], "
+                                                       "which makes [224, 224, 3]")):
+        parse_model_config(config)
+    config.write_text("[preprocessing]\nmean = [1, 2]\n")
+    with pytest.raises(ModelLoadError, match="mean must be one number or 3"):
+        parse_model_config(config)
 
 
 # --- EXIF orientation ------------------------------------------------------------------------
