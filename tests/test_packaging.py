@@ -65,6 +65,9 @@ def test_the_wheel_ships_the_files_its_code_reads(wheel: Path) -> None:
         "batchserve/loadtest/targets.toml",
         "batchserve/deploy/aws/template.yaml",
         "batchserve/deploy/aws/queue_template.yaml",
+        "batchserve/deploy/aws/web_template.yaml",
+        "batchserve/deploy/k8s/crds/keda.sh_scaledobjects.yaml",
+        "batchserve/deploy/k8s/crds/keda.sh_triggerauthentications.yaml",
         "batchserve/client/http.py",
     ):
         assert needed in names
