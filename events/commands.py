@@ -1,4 +1,5 @@
-"""``batchserve db upgrade`` and ``batchserve stats``: the event pipeline's CLI subcommands.
+"""``batchserve db upgrade`` and ``batchserve stats``: the event pipeline's CLI subcommands
+(``db backup`` and ``db restore`` live in backup_commands.py).
 
 ``register(subparsers)`` adds them to the main parser; each sets ``func`` to a callable taking
 the parsed namespace and returning the exit status (0 ok, 1 store or server error).
@@ -18,6 +19,7 @@ import msgspec
 
 from batchserve.client.http import HttpError, NotJson, Unreachable, request_json
 from batchserve.events.analytics import GROUP_BYS, StatsQuery, query_stats
+from batchserve.events.backup_commands import register_backup
 from batchserve.events.config import redact_url
 from batchserve.events.errors import EventsError
 from batchserve.events.store import EventStore, open_store
@@ -39,6 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_store_arguments(upgrade.add_mutually_exclusive_group())
     upgrade.set_defaults(func=run_db_upgrade)
+    register_backup(db_commands)
 
     stats = subparsers.add_parser(
         "stats",

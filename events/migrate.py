@@ -93,8 +93,9 @@ async def postgres_schema_version(con: asyncpg.Connection | PoolConnectionProxy)
     return int(await con.fetchval("SELECT coalesce(max(version), 0) FROM schema_migrations"))
 
 
-async def migrate_postgres(con: asyncpg.Connection | PoolConnectionProxy) -> int:
-    """Apply missing migrations in one transaction; returns the schema version.
+async def migrate_postgres(con: asyncpg.Connection | PoolConnectionProxy, *, target: int | None = None) -> int:
+    """Apply missing migrations (up to version ``target``, default all) in one transaction; returns
+    the schema version.
 
     An advisory lock serialises replicas starting together: without it two of them could both
     see version 0 and race on CREATE TABLE.
@@ -109,7 +110,7 @@ async def migrate_postgres(con: asyncpg.Connection | PoolConnectionProxy) -> int
         await con.execute(_PG_BOOTSTRAP)
         applied = {r[0] for r in await con.fetch("SELECT version FROM schema_migrations")}
         for m in load_migrations("postgres"):
-            if m.version in applied:
+            if m.version in applied or (target is not None and m.version > target):
                 continue
             log.info("applying event schema migration %04d_%s (postgres)", m.version, m.name)
             try:
@@ -157,8 +158,9 @@ def sqlite_schema_version(con: sqlite3.Connection) -> int:
     return int(con.execute("SELECT coalesce(max(version), 0) FROM schema_migrations").fetchone()[0])
 
 
-def migrate_sqlite(con: sqlite3.Connection) -> int:
-    """Apply missing migrations in one transaction (``con`` must be in autocommit mode)."""
+def migrate_sqlite(con: sqlite3.Connection, *, target: int | None = None) -> int:
+    """Apply missing migrations (up to version ``target``, default all) in one transaction (``con``
+    must be in autocommit mode)."""
     if con.isolation_level is not None:
         raise MigrationError("migrate_sqlite needs a connection opened with isolation_level=None")
     # IMMEDIATE takes the write lock up front: two processes migrating the same file serialise.
@@ -167,7 +169,7 @@ def migrate_sqlite(con: sqlite3.Connection) -> int:
         con.execute(_SQLITE_BOOTSTRAP)
         applied = {r[0] for r in con.execute("SELECT version FROM schema_migrations")}
         for m in load_migrations("sqlite"):
-            if m.version in applied:
+            if m.version in applied or (target is not None and m.version > target):
                 continue
             log.info("applying event schema migration %04d_%s (sqlite)", m.version, m.name)
             try:

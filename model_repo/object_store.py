@@ -75,6 +75,12 @@ class ObjectStore:
             except ValueError as exc:  # botocore's word for an endpoint it cannot use
                 raise ObjectStoreError(f"cannot use the endpoint {endpoint_url!r} for {location}: {exc}") from None
 
+    @property
+    def client(self) -> Any:
+        """The blocking boto3 S3 client (gs:// mapped onto Cloud Storage's XML API), for calls this
+        class does not wrap, such as the event store backups' multipart uploads."""
+        return self._client
+
     def list(self, under: str = "") -> dict[str, RemoteObject]:
         """The repository's objects whose relative path starts with `under`, by relative path.
         Folder placeholders (keys ending in '/') are left out."""

@@ -25,7 +25,7 @@ ALLOWED = {
     "client": set(),
     "batching": set(),
     "model_repo": set(),
-    "events": {"client"},
+    "events": {"client", "model_repo"},
     "serving": {"batching", "model_repo", "events"},
     "server": {"serving", "batching", "model_repo", "events", "client", "jobs"},
     "loadtest": {"batching", "model_repo", "server", "serving", "client", "jobs"},
