@@ -11,6 +11,8 @@ talks to the server over HTTP only.
 Options (each also read from an environment variable):
   --images DIR        folder of images to send (BATCHSERVE_LOADTEST_IMAGES; default: the sample photos)
   --model NAME        `model` query parameter (BATCHSERVE_LOADTEST_MODEL; default: the server's default)
+  --user-rps R        each user sends R requests/s (constant throughput from a random start phase), so
+                      the offered rate is users x R (BATCHSERVE_LOADTEST_USER_RPS; default 0: back to back)
   Authorization       `Bearer KEY` when BATCHSERVE_LOADTEST_API_KEY (or BATCHSERVE_API_KEY) is set; `batchserve
                       loadtest --api-key KEY` sets the former
 """
@@ -21,6 +23,7 @@ import itertools
 import json
 import os
 import random
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +54,8 @@ def _add_options(parser: Any) -> None:
                         help="folder of images to send")
     parser.add_argument("--model", type=str, env_var="BATCHSERVE_LOADTEST_MODEL", default="",
                         help="model query parameter (default: the server's default model)")
+    parser.add_argument("--user-rps", type=float, env_var="BATCHSERVE_LOADTEST_USER_RPS", default=0.0,
+                        help="requests/s per user at constant throughput (default 0: back to back)")
 
 
 _environment: list[Any] = []  # the run's Environment, kept for the quit event (which does not pass it)
@@ -121,12 +126,43 @@ def encode_multipart(files: list[ImageFile], boundary: str) -> bytes:
     return b"".join(chunks)
 
 
+class Pacer:
+    """Constant throughput for one user: sends `interval` apart. A send that ends late starts the
+    next one at once and the schedule continues from there, without catching up (as Locust's
+    `constant_throughput`, whose bookkeeping starts when the user is created and so cannot take
+    the random start phase below)."""
+
+    def __init__(self, rate: float) -> None:
+        self.interval = 1.0 / rate
+        self.next_at = time.monotonic()
+
+    def start_phase(self) -> float:
+        """A random offset within one interval. Locust starts users in groups (as many a second
+        as the spawn rate), and users that all sent at their start would stay in step and arrive
+        in bursts; random phases spread the offered load over every interval."""
+        return random.uniform(0.0, self.interval)
+
+    def restart(self) -> None:
+        self.next_at = time.monotonic()
+
+    def wait(self) -> float:
+        now = time.monotonic()
+        self.next_at = max(self.next_at + self.interval, now)
+        return self.next_at - now
+
+
 class ClassifyUser(FastHttpUser):
     """Shared set-up: images, headers and the classify path. Users send back to back (closed
-    loop, no think time): the concurrency is the number of users."""
+    loop, no think time: the concurrency is the number of users), or with --user-rps at a
+    constant rate each (the offered rate is then users x rate, whatever the latency, as long as
+    one request takes less than 1/rate)."""
 
     abstract = True
     _images: list[ImageFile] | None = None
+    pacer: Pacer | None = None
+
+    def wait_time(self) -> float:
+        return self.pacer.wait() if self.pacer is not None else 0.0
 
     def on_start(self) -> None:
         options = self.environment.parsed_options
@@ -142,6 +178,11 @@ class ClassifyUser(FastHttpUser):
             self.headers["Authorization"] = f"Bearer {api_key}"
         # Users start at different points of the image list so concurrent requests differ.
         self.cycle = itertools.islice(itertools.cycle(self.images), random.randrange(len(self.images)), None)
+        user_rps = float(getattr(options, "user_rps", 0) or 0)
+        if user_rps > 0:
+            self.pacer = Pacer(user_rps)
+            time.sleep(self.pacer.start_phase())  # gevent's sleep: Locust patched `time` at import
+            self.pacer.restart()
 
     def _post(self, body: bytes, content_type: str, name: str, expected_results: int | None) -> None:
         headers = {**self.headers, "Content-Type": content_type}

@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from batchserve.loadtest.targets import Targets
+from batchserve.loadtest.targets import Relative, Targets
 
 
 class StatsError(ValueError):
@@ -31,6 +31,16 @@ class Measured:
     def failure_ratio(self) -> float:
         return self.failures / self.requests if self.requests else 1.0
 
+    @property
+    def success_rps(self) -> float:
+        """Successful requests/s: fast error answers must not count as throughput."""
+        return self.rps * (self.requests - self.failures) / self.requests if self.requests else 0.0
+
+    @classmethod
+    def nothing(cls) -> Measured:
+        """A phase that did not run."""
+        return cls(requests=0, failures=0, rps=0.0, p50_ms=None, p95_ms=None, p99_ms=None, max_ms=None)
+
 
 MEASURED_FIELDS = tuple(f.name for f in fields(Measured))
 
@@ -42,9 +52,13 @@ class Check:
     target: float
     measured: float | None
     unit: str
+    detail: str = ""  # what the measured figure was computed from, shown beside it
+    skipped: str = ""  # why the target was not checked (it then passes)
 
     @property
     def passed(self) -> bool:
+        if self.skipped:
+            return True
         if self.measured is None:
             return False
         return self.measured >= self.target if self.bound == ">=" else self.measured <= self.target
@@ -106,6 +120,38 @@ def evaluate(targets: Targets, measured: Measured) -> list[Check]:
             for metric, bound, target, value, unit in plan if target is not None]
 
 
+def evaluate_relative(
+    targets: Targets, relative: Relative, capacity_rps: float, offered_rps: float | None, measured: Measured
+) -> list[Check]:
+    """The throughput ratios of a relative profile. `offered_rps` is None when the constant-rate
+    phase did not run (the calibration measured no capacity)."""
+    checks: list[Check] = []
+    if targets.min_achieved_ratio is not None:
+        achieved = measured.success_rps
+        ran = offered_rps is not None and offered_rps > 0 and measured.requests > 0
+        checks.append(Check(
+            "achieved/offered", ">=", targets.min_achieved_ratio,
+            achieved / offered_rps if ran and offered_rps else None, "",
+            detail=f"{rps(achieved)} of {rps(offered_rps)} requests/s" if ran and offered_rps else "",
+        ))
+    if targets.min_capacity_ratio is not None:
+        reference = relative.reference_rps
+        if reference is None:
+            checks.append(Check("capacity/reference", ">=", targets.min_capacity_ratio, None, "",
+                                skipped="no reference (--reference-rps or reference_rps)"))
+        else:
+            checks.append(Check("capacity/reference", ">=", targets.min_capacity_ratio, capacity_rps / reference, "",
+                                detail=f"{rps(capacity_rps)} of {rps(reference)} requests/s"))
+    return checks
+
+
+def rps(value: float | None) -> str:
+    """A rate as printed: one decimal from 10/s up, three significant digits below."""
+    if value is None:
+        return "-"
+    return f"{value:.1f}" if abs(value) >= 10 else f"{value:.3g}"
+
+
 def _fmt(value: float) -> str:
     if value == int(value) and abs(value) < 1e15:
         return str(int(value))
@@ -113,11 +159,13 @@ def _fmt(value: float) -> str:
 
 
 def table(checks: list[Check]) -> str:
-    lines = [f"{'metric':<16} {'target':>14} {'measured':>12}  result"]
+    lines = [f"{'metric':<18} {'target':>14} {'measured':>12}  result"]
     for c in checks:
         measured = "-" if c.measured is None else _fmt(c.measured) + c.unit
-        lines.append(f"{c.metric:<16} {c.bound + ' ' + _fmt(c.target) + c.unit:>14} {measured:>12}  "
-                     f"{'PASS' if c.passed else 'FAIL'}")
+        verdict = "SKIP" if c.skipped else "PASS" if c.passed else "FAIL"
+        note = c.skipped or c.detail
+        lines.append(f"{c.metric:<18} {c.bound + ' ' + _fmt(c.target) + c.unit:>14} {measured:>12}  "
+                     f"{verdict}{'  (' + note + ')' if note else ''}")
     return "\n".join(lines)
 
 

@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
-import re
+import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from batchserve.loadtest.locust_run import EXIT_MISSED, EXIT_PASS, EXIT_USAGE, check_url, locust_command
+from batchserve.loadtest.locust_run import (
+    EXIT_MISSED,
+    EXIT_PASS,
+    EXIT_USAGE,
+    LoadTestOptions,
+    Phase,
+    check_url,
+    locust_command,
+    resolve_profile,
+)
 from batchserve.loadtest.report import Measured, StatsError, evaluate, missed, read_stats, read_summary, table
 from batchserve.loadtest.server_process import ServerProcess, free_port
-from batchserve.loadtest.targets import DEFAULT_TARGETS, Targets, TargetsError, load_profile, parse_duration
+from batchserve.loadtest.targets import DEFAULT_TARGETS, Relative, Targets, load_profile
 
 EASY = """
 [easy]
@@ -66,6 +75,8 @@ def test_easy_targets_pass_and_leave_csv_and_plot(
     assert read_stats(out / "locust_stats.csv").requests <= final.requests  # the CSV is a periodic snapshot
     assert (out / "locust_stats_history.csv").stat().st_size > 0
     assert (out / "locust.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    verdict = json.loads((out / "loadtest.json").read_text())
+    assert (verdict["mode"], verdict["passed"], verdict["measured"]["requests"]) == ("absolute", True, final.requests)
 
 
 @pytest.mark.slow
@@ -101,57 +112,6 @@ def test_url_with_a_path_is_a_usage_error(tmp_path: Path) -> None:
     proc = _loadtest("http://127.0.0.1:9/v1/classify", DEFAULT_TARGETS, "smoke", tmp_path / "out")
     assert proc.returncode == EXIT_USAGE
     assert "base URL" in proc.stderr
-
-
-def test_shipped_profiles_parse() -> None:
-    for name, user_class in (("smoke", "RawImageUser"), ("raw", "RawImageUser"),
-                             ("multipart", "MultipartUser"), ("mixed", "MixedUser")):
-        profile = load_profile(DEFAULT_TARGETS, name)
-        assert profile.user_class == user_class
-        assert profile.targets.min_rps and profile.targets.max_p99_ms
-        assert profile.targets.max_failure_ratio == 0.0
-    assert load_profile(DEFAULT_TARGETS, "raw").model == "efficientnet_lite0"
-
-
-@pytest.mark.parametrize(
-    ("text", "message"),
-    [
-        ("[p]\n[p.targets]\nmin_rsp = 3\n", "unknown field `min_rsp` - at `$.targets`"),
-        ("[p]\n[p.targets]\nmin_rps = -1\n", "Expected `float` >= 0.0 - at `$.targets.min_rps`"),
-        ("[p]\n[p.targets]\nmax_p99_ms = true\n", "got `bool` - at `$.targets.max_p99_ms`"),
-        ("[p]\n[p.targets]\n", "targets sets no target"),
-        ("[p]\nusers = 2\n", "missing required field `targets`"),
-        ("[p]\nuser_class = 'Nobody'\n[p.targets]\nmin_rps = 1\n", "user_class must be one of RawImageUser, "),
-        ("[p]\nusers = 0\n[p.targets]\nmin_rps = 1\n", "Expected `int` >= 1 - at `$.users`"),
-        ("[p]\nspawn_rate = 0\n[p.targets]\nmin_rps = 1\n", "Expected `float` > 0.0 - at `$.spawn_rate`"),
-        ("[p]\nduration = 'soon'\n[p.targets]\nmin_rps = 1\n", "duration must look like"),
-        ("[p\n", "not valid TOML"),
-    ],
-)
-def test_bad_targets_files_are_explained(tmp_path: Path, text: str, message: str) -> None:
-    path = tmp_path / "t.toml"
-    path.write_text(text)
-    with pytest.raises(TargetsError, match=re.escape(message)) as caught:
-        load_profile(path, "p")
-    assert str(path) in str(caught.value)
-
-
-def test_profile_defaults_and_notes(tmp_path: Path) -> None:
-    path = tmp_path / "t.toml"
-    path.write_text("[p]\nusers = 3\nduration = 45\nowner = 'ops'\n[p.targets]\nmin_rps = 2\n")
-    profile = load_profile(path, "p")
-    assert (profile.user_class, profile.users, profile.spawn_rate, profile.duration_s) == ("RawImageUser", 3, 3.0, 45.0)
-    assert profile.targets == Targets(min_rps=2.0) and profile.model is None
-
-
-def test_durations() -> None:
-    assert parse_duration("30s") == 30
-    assert parse_duration("2m") == 120
-    assert parse_duration("1h30m") == 5400
-    assert parse_duration("45") == 45
-    for bad in ("", "0s", "ten"):
-        with pytest.raises(TargetsError):
-            parse_duration(bad)
 
 
 def test_evaluate_names_every_miss() -> None:
@@ -196,8 +156,43 @@ def test_the_locustfile_defaults_to_the_sample_photos() -> None:
 
 def test_locust_command_is_bounded_and_names_the_user_class(tmp_path: Path) -> None:
     profile = load_profile(DEFAULT_TARGETS, "multipart")
-    command = locust_command(profile, check_url("http://127.0.0.1:8000/"), tmp_path / "locust", tmp_path)
+    phase = Phase(profile.users, profile.spawn_rate, profile.duration_s)
+    command = locust_command(phase, profile, check_url("http://127.0.0.1:8000/"), tmp_path / "locust", tmp_path)
     assert command[-1] == "MultipartUser"
     assert command[command.index("--run-time") + 1] == "30s"
     assert "--headless" in command and command[command.index("--host") + 1] == "http://127.0.0.1:8000"
     assert command[command.index("--model") + 1] == "efficientnet_lite0"
+    assert "--user-rps" not in command and "--reset-stats" not in command  # back to back, whole run measured
+
+
+def test_a_paced_phase_is_measured_after_its_ramp(tmp_path: Path) -> None:
+    profile = load_profile(DEFAULT_TARGETS, "raw")
+    phase = Phase(users=40, spawn_rate=16, measure_s=30, user_rps=0.825, measure_after_ramp=True)
+    command = locust_command(phase, profile, "http://127.0.0.1:8000", tmp_path / "locust", tmp_path)
+    assert command[command.index("--run-time") + 1] == "33s"  # 40 users at 16/s start over 2.5 s, then 30 s
+    assert "--reset-stats" in command
+    assert command[command.index("--user-rps") + 1] == "0.825"
+    assert command[command.index("--users") + 1] == "40"
+
+
+def _options(tmp_path: Path, profile: str, rate: float | None = None, calibrate_s: float | None = None,
+             reference_rps: float | None = None) -> LoadTestOptions:
+    return LoadTestOptions(url="http://127.0.0.1:9", profile=profile, targets=DEFAULT_TARGETS, out=tmp_path,
+                           rate=rate, calibrate_s=calibrate_s, reference_rps=reference_rps)
+
+
+def test_relative_overrides_apply_to_relative_profiles_only(tmp_path: Path) -> None:
+    raw = resolve_profile(_options(tmp_path, "raw", rate=0.5, calibrate_s=3.0, reference_rps=190.0))
+    assert raw.relative == Relative(rate=0.5, calibrate_s=3.0, reference_rps=190.0)
+    assert resolve_profile(_options(tmp_path, "raw")).relative == Relative(rate=0.8, calibrate_s=10.0)
+    with pytest.raises(ValueError, match=r"--reference-rps: profile 'smoke' is absolute"):
+        resolve_profile(_options(tmp_path, "smoke", reference_rps=190.0))
+    with pytest.raises(ValueError, match=r"--rate must be in \(0, 1.5\]"):
+        resolve_profile(_options(tmp_path, "raw", rate=2.0))
+
+
+def test_relative_flags_on_an_absolute_profile_are_a_usage_error(tmp_path: Path) -> None:
+    proc = _loadtest("http://127.0.0.1:9", DEFAULT_TARGETS, "smoke", tmp_path / "out", "--rate", "0.5",
+                     "--calibrate", "5s")
+    assert proc.returncode == EXIT_USAGE
+    assert "--rate, --calibrate: profile 'smoke' is absolute" in proc.stderr
