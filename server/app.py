@@ -79,6 +79,7 @@ async def _load_models(state: AppState, on_failure: Callable[[], None]) -> None:
         raise
     state.lifecycle.warm = True
     log.info("ready: %s", ", ".join(f"{m.name} v{m.version}" for m in registry.loaded()))
+    state.gpu.unmet(registry.loaded())  # with --require-gpu, logs why /readyz refuses before any probe asks
 
 
 def make_lifespan(

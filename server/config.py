@@ -136,6 +136,15 @@ class LifecycleConfig:
 
 
 @dataclass(frozen=True)
+class ReadinessConfig:
+    """What /readyz asks for besides warm models and a server that is not draining."""
+
+    require_gpu: bool = field(default=False, metadata={
+        "help": "/readyz answers 503 gpu_unavailable while a model runs on CPU only (its ONNX Runtime session got "
+                "neither CUDA nor TensorRT), instead of serving a GPU deployment's traffic at CPU speed"})
+
+
+@dataclass(frozen=True)
 class ModelControlConfig:
     """Triton's explicit model control: the repository routes that load and unload models."""
 
@@ -240,6 +249,7 @@ class ServerConfig:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     cloudwatch: CloudWatchConfig = field(default_factory=CloudWatchConfig)
     drift: DriftConfig = field(default_factory=DriftConfig)
+    readiness: ReadinessConfig = field(default_factory=ReadinessConfig)
 
     def __post_init__(self) -> None:
         if self.backend.backend == "queue" and self.queue.queue_name is None:
@@ -252,6 +262,9 @@ class ServerConfig:
             if self.control.model_control == "explicit":
                 raise ValueError("--model-control explicit loads models in this process; with --backend remote "
                                  "models load on the upstreams (run them with --model-control explicit)")
+        if self.readiness.require_gpu and self.backend.backend != "direct":
+            raise ValueError(f"--require-gpu checks the models this process runs; with --backend "
+                             f"{self.backend.backend} they run elsewhere (give the flag to the servers that run them)")
         if self.control.model_control == "explicit" and self.auth.admin_key is None:
             raise ValueError("--model-control explicit needs an admin key (--admin-key or BATCHSERVE_ADMIN_KEY): "
                              "loading and unloading models is never open to anyone who can reach the port")

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from batchserve.server.admission import AdmissionGate
 from batchserve.server.config import ServerConfig
+from batchserve.server.gpu_readiness import GpuRequirement
 from batchserve.server.metrics import Metrics
 from batchserve.serving.backend import Backend
 from batchserve.serving.core import Serving
@@ -45,14 +46,16 @@ class AppState:
     metrics: Metrics | None = None
     lifecycle: Lifecycle = field(default_factory=Lifecycle)
     admission: AdmissionGate = field(init=False)
+    gpu: GpuRequirement = field(init=False)
 
     def __post_init__(self) -> None:
         self.admission = AdmissionGate.from_config(self.config.admission)
+        self.gpu = GpuRequirement(self.config.readiness.require_gpu)
 
     @property
     def ready(self) -> bool:
         return (self.lifecycle.warm and not self.lifecycle.draining and self.serving.registry.ready
-                and self.backend.ready)
+                and self.backend.ready and not self.gpu.unmet(self.serving.registry.loaded()))
 
     def refuse_if_draining(self) -> None:
         if self.lifecycle.refusing:

@@ -21,11 +21,26 @@ class _RequestIdFilter(logging.Filter):
         return True
 
 
+def severity(levelno: int) -> str:
+    """Cloud Logging's LogSeverity for a Python level. The standard levels carry the same names
+    (WARNING, not WARN); a custom level takes the name of the standard one at or below it."""
+    for floor, name in ((logging.CRITICAL, "CRITICAL"), (logging.ERROR, "ERROR"), (logging.WARNING, "WARNING"),
+                        (logging.INFO, "INFO")):
+        if levelno >= floor:
+            return name
+    return "DEBUG"
+
+
 class JsonFormatter(logging.Formatter):
+    """One JSON object per line. `severity`, `message` and `time` (RFC 3339) are the fields Cloud
+    Logging lifts out of a line into the log entry itself, so Cloud Run's logs are filtered and
+    coloured by level and dated when written, not when collected; CloudWatch Logs Insights and
+    other shippers read the same names as ordinary fields."""
+
     def format(self, record: logging.LogRecord) -> str:
         entry = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
-            "level": record.levelname.lower(),
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "severity": severity(record.levelno),
             "logger": record.name,
             "request_id": getattr(record, "request_id", "-"),
             "message": record.getMessage(),

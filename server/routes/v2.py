@@ -139,6 +139,9 @@ class V2Controller(Controller):
         if app_state.lifecycle.draining:
             raise Draining("the server is shutting down", headers={"Retry-After": "1"})
         if not app_state.ready:
+            cpu_only = app_state.gpu.unmet(app_state.serving.registry.loaded()) if app_state.lifecycle.warm else []
+            if cpu_only:
+                raise ModelNotReady(f"the server is not ready: --require-gpu, and {cpu_only[0].name} runs on CPU only")
             raise ModelNotReady("the server is not ready: models are still loading", headers={"Retry-After": "1"})
         return {"ready": True}
 

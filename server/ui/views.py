@@ -100,6 +100,8 @@ def service_status(state: AppState, version: str, now: float | None = None) -> S
         label = "draining"
     elif state.ready:
         label = "ready"
+    elif life.warm and state.gpu.unmet(state.serving.registry.loaded()):
+        label = "no GPU (--require-gpu)"
     else:
         label = "loading models"
     started = datetime.fromtimestamp(life.started_at, UTC)
