@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import copy
+import os
+import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -14,6 +18,7 @@ from batchserve.deploy.validate import (
     check_cloud_run_service,
     check_gpu_rules,
     check_run_schema,
+    check_runtime_rules,
     parse_quantity,
     run_v1_schemas,
 )
@@ -206,7 +211,111 @@ def test_render_fills_in_the_deployment(tmp_path: Path) -> None:
     ],
 )
 def test_render_refuses_impossible_values(tmp_path: Path, changes: dict, message: str) -> None:
-    profile = GcpProfile(image="img", region="us-east4", **changes)
+    profile = GcpProfile(image="img", region="us-east4", project="batchserve-prod", **changes)
     with pytest.raises(UsageError, match=message):
         render_gcp(profile, tmp_path)
     assert not (tmp_path / "service.yaml").exists()
+
+
+# ---------------------------------------------------------------- identity, Cloud SQL, models, journal
+
+
+def env_values(doc: dict) -> dict[str, object]:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container(doc)["env"]}
+
+
+def test_packaged_service_requires_a_gpu_and_keeps_its_journal_in_memory(service: dict) -> None:
+    env = env_values(service)
+    assert env["BATCHSERVE_REQUIRE_GPU"] == "true"
+    assert env["BATCHSERVE_JOURNAL_DIR"] == "/var/lib/batchserve/journal"
+    assert container(service)["volumeMounts"] == [{"name": "journal", "mountPath": "/var/lib/batchserve/journal"}]
+    volume = service["spec"]["template"]["spec"]["volumes"][0]
+    assert volume == {"name": "journal", "emptyDir": {"medium": "Memory", "sizeLimit": "2Gi"}}
+    # The writer's caps stay below the volume, so it drops and counts before the volume refuses a write.
+    caps = int(env["BATCHSERVE_EVENTS_JOURNAL_MAX_BYTES"]) + int(env["BATCHSERVE_EVENTS_DEAD_LETTER_MAX_BYTES"])
+    assert caps < parse_quantity(volume["emptyDir"]["sizeLimit"])
+
+
+def test_render_names_the_account_the_cloud_sql_socket_and_the_model_bucket(tmp_path: Path) -> None:
+    rendered = render_gcp(
+        GcpProfile(image="img", region="us-east4", project="batchserve-prod", service_name="classify",
+                   database_url_secret="batchserve-db", cloudsql_instance="batchserve-prod:us-east4:events-db",
+                   model_repo="gs://batchserve-models/prod"),
+        tmp_path,
+    )
+    doc = rendered.document
+    assert check_cloud_run_service(doc) == []
+    assert doc["spec"]["template"]["spec"]["serviceAccountName"] == \
+        "classify-run@batchserve-prod.iam.gserviceaccount.com"
+    assert rendered.service_account == "classify-run@batchserve-prod.iam.gserviceaccount.com"
+    assert annotations(doc)["run.googleapis.com/cloudsql-instances"] == "batchserve-prod:us-east4:events-db"
+    assert env_values(doc)["BATCHSERVE_MODEL_REPO"] == "gs://batchserve-models/prod"
+    assert rendered.notes == ()  # the database is there and in the service's region
+
+
+def test_render_says_what_the_deployment_will_lack(tmp_path: Path) -> None:
+    no_database = render_gcp(GcpProfile(image="img", region="us-east4", project="batchserve-prod",
+                                        admin_key_secret="k"), tmp_path)
+    assert any("in-memory filesystem" in note and "--database-url-secret" in note for note in no_database.notes)
+    far = render_gcp(GcpProfile(image="img", region="us-east4", project="batchserve-prod", database_url_secret="db",
+                                cloudsql_instance="batchserve-prod:europe-west4:events-db"), tmp_path)
+    assert far.notes == ("the Cloud SQL instance is in europe-west4, the service in us-east4: every event batch "
+                         "crosses regions (latency, and traffic billed between regions)",)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"cloudsql_instance": "batchserve-prod:us-east4:events-db"},
+         "--cloudsql-instance needs --database-url-secret"),
+        ({"cloudsql_instance": "events-db", "database_url_secret": "db"}, "connection name PROJECT:REGION:INSTANCE"),
+        ({"service_account": "123456789012-compute@developer.gserviceaccount.com"}, "Compute Engine default"),
+        ({"service_account": "Bad_Name"}, "--service-account takes an account id"),
+        ({"project": None}, "pass --project PROJECT"),
+        ({"service_name": "a"}, "pass --service-account NAME"),
+        ({"model_repo": "s3://bucket/models"}, "--model-repo on Cloud Run takes gs://"),
+    ],
+)
+def test_render_refuses_what_cannot_work(tmp_path: Path, changes: dict, message: str) -> None:
+    settings = {"image": "img", "region": "us-east4", "project": "batchserve-prod", "admin_key_secret": "k"} | changes
+    with pytest.raises(UsageError, match=re.escape(message)):
+        render_gcp(GcpProfile(**settings), tmp_path)
+    assert not (tmp_path / "service.yaml").exists()
+
+
+def test_an_explicit_account_keeps_its_e_mail(tmp_path: Path) -> None:
+    rendered = render_gcp(GcpProfile(image="img", region="us-east4", project="batchserve-prod", admin_key_secret="k",
+                                     service_account="shared-sa@other-proj.iam.gserviceaccount.com"), tmp_path)
+    assert rendered.document["spec"]["template"]["spec"]["serviceAccountName"] == \
+        "shared-sa@other-proj.iam.gserviceaccount.com"
+
+
+def test_runtime_rules_catch_identity_cloud_sql_and_memory_mistakes(service: dict) -> None:
+    spec = service["spec"]["template"]["spec"]
+    spec["serviceAccountName"] = "123456789012-compute@developer.gserviceaccount.com"
+    annotations(service)["run.googleapis.com/cloudsql-instances"] = "events-db"
+    spec["volumes"][0]["emptyDir"]["sizeLimit"] = "12Gi"  # of 16 GiB
+    found = {f.path: f.message for f in check_runtime_rules(service)}
+    assert "Compute Engine default account" in found["$.spec.template.spec.serviceAccountName"]
+    assert "'events-db' is not a connection name" in \
+        found["$.spec.template.metadata.annotations['run.googleapis.com/cloudsql-instances']"]
+    assert "leave too little of the 16 GiB limit" in found["$.spec.template.spec.containers[0].volumeMounts"]
+
+    del spec["serviceAccountName"]
+    spec["volumes"][0]["emptyDir"]["sizeLimit"] = "1Gi"  # below the journal's 1.5 GiB cap
+    found = {f.path: f.message for f in check_runtime_rules(service)}
+    assert "needs a dedicated service account" in found["$.spec.template.spec.serviceAccountName"]
+    assert "must stay below the in-memory volume 'journal'" in found["$.spec.template.spec.containers[0].env"]
+
+
+@pytest.mark.skipif(shutil.which("gcloud") is None, reason="the Google Cloud CLI is not installed")
+def test_gcloud_itself_parses_the_rendered_service(tmp_path: Path) -> None:
+    """`gcloud run services replace` reads the file into the API's protobuf before it asks for an
+    account: with no account, a well-formed file fails on the account, a malformed one on its fields."""
+    rendered = render_gcp(GcpProfile(image="us-east4-docker.pkg.dev/p/r/batchserve:1", region="us-east4",
+                                     project="batchserve-prod", database_url_secret="db",
+                                     cloudsql_instance="batchserve-prod:us-east4:events-db"), tmp_path)
+    env = {**os.environ, "CLOUDSDK_CONFIG": str(tmp_path / "gcloud-config"), "CLOUDSDK_CORE_DISABLE_PROMPTS": "1"}
+    result = subprocess.run([*rendered.commands()[0]], capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode != 0
+    assert "active account" in result.stderr and "Failed to parse" not in result.stderr, result.stderr

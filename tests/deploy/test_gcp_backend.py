@@ -31,7 +31,8 @@ def by_name(document: dict) -> dict[str, dict]:
 
 
 def test_backend_renders_auth_required_the_key_by_reference_and_no_events(tmp_path: Path) -> None:
-    rendered = render_gcp(GcpProfile(image=IMAGE, region="us-east4", service_name="batchserve-backend",
+    rendered = render_gcp(GcpProfile(image=IMAGE, region="us-east4", project="batchserve-prod",
+                                     service_name="batchserve-backend",
                                      admin_key_secret="batchserve-backend-key", events=False,
                                      allow_unauthenticated=True), tmp_path)
     on_disk = yaml.safe_load(rendered.path.read_text())
@@ -52,7 +53,8 @@ def test_backend_renders_auth_required_the_key_by_reference_and_no_events(tmp_pa
 
 
 def test_defaults_keep_events_and_require_keys_from_the_database(tmp_path: Path) -> None:
-    rendered = render_gcp(GcpProfile(image=IMAGE, region="us-east4", database_url_secret="batchserve-db"), tmp_path)
+    rendered = render_gcp(GcpProfile(image=IMAGE, region="us-east4", project="batchserve-prod",
+                                     database_url_secret="batchserve-db"), tmp_path)
     env = by_name(rendered.document)
     assert env["BATCHSERVE_AUTH"]["value"] == "required"
     assert "BATCHSERVE_EVENTS" not in env and "BATCHSERVE_ADMIN_KEY" not in env
@@ -60,7 +62,7 @@ def test_defaults_keep_events_and_require_keys_from_the_database(tmp_path: Path)
 
 
 def test_auth_off_behind_cloud_run_iam_needs_no_key(tmp_path: Path) -> None:
-    rendered = render_gcp(GcpProfile(image=IMAGE, region="us-east4", auth="off"), tmp_path)
+    rendered = render_gcp(GcpProfile(image=IMAGE, region="us-east4", project="batchserve-prod", auth="off"), tmp_path)
     assert by_name(rendered.document)["BATCHSERVE_AUTH"]["value"] == "off"
     assert len(rendered.commands()) == 1  # no allUsers binding: callers need an identity token
 
@@ -74,26 +76,29 @@ def test_auth_off_behind_cloud_run_iam_needs_no_key(tmp_path: Path) -> None:
 ])
 def test_access_that_would_be_wrong_is_refused_before_writing(tmp_path: Path, changes: dict, message: str) -> None:
     with pytest.raises(UsageError, match=re.escape(message)):
-        render_gcp(GcpProfile(image=IMAGE, region="us-east4", **changes), tmp_path)
+        render_gcp(GcpProfile(image=IMAGE, region="us-east4", project="batchserve-prod", **changes), tmp_path)
     assert not (tmp_path / "service.yaml").exists()
 
 
 def test_cli_renders_the_backend_of_the_split_and_prints_its_commands(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    argv = ["gcp", "--image", IMAGE, "--region", "us-east4", "--service-name", "batchserve-backend",
+    argv = ["gcp", "--image", IMAGE, "--region", "us-east4", "--project", "batchserve-prod",
+            "--service-name", "batchserve-backend",
             "--admin-key-secret", "batchserve-backend-key", "--no-events", "--allow-unauthenticated",
             "--dry-run", "--out", str(tmp_path)]
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "validated: Cloud Run v1 schema and GPU rules passed" in out
     assert f"gcloud run services replace {(tmp_path / 'service.yaml').resolve()} --region us-east4" in out
-    assert "add-iam-policy-binding batchserve-backend --region us-east4 --member=allUsers" in out
+    assert ("add-iam-policy-binding batchserve-backend --region us-east4 --project batchserve-prod "
+            "--member=allUsers") in out
     env = by_name(yaml.safe_load((tmp_path / "service.yaml").read_text()))
     assert env["BATCHSERVE_EVENTS"]["value"] == "false" and "valueFrom" in env["BATCHSERVE_ADMIN_KEY"]
 
 
 def test_cli_usage_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    common = ["gcp", "--image", IMAGE, "--region", "us-east4", "--dry-run", "--out", str(tmp_path)]
+    common = ["gcp", "--image", IMAGE, "--region", "us-east4", "--project", "batchserve-prod", "--dry-run", "--out",
+              str(tmp_path)]
     assert main(common) == 2
     assert "--admin-key-secret SECRET" in capsys.readouterr().err
     assert main([*common, "--auth", "off", "--allow-unauthenticated"]) == 2
