@@ -38,7 +38,7 @@ from batchserve.model_repo.object_store import GCS_HMAC_ID_ENV, GCS_HMAC_SECRET_
 from tests.events.backup_helpers import SMALL_PART, counts, late_events, populate, read_tables, sibling_schema
 from tests.events.event_helpers import closed_port
 from tests.jobs.conftest import start_moto, stop
-from tests.jobs.queue_helpers import AWS_ENV
+from tests.jobs.queue_helpers import point_aws_at
 
 
 @pytest.fixture(scope="module")
@@ -55,10 +55,7 @@ def moto_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture(autouse=True)
 def aws_environment(moto_s3: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("AWS_PROFILE", "AWS_REGION", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3"):
-        monkeypatch.delenv(name, raising=False)
-    for name, value in {**AWS_ENV, "AWS_ENDPOINT_URL": moto_s3}.items():
-        monkeypatch.setenv(name, value)
+    point_aws_at(moto_s3, monkeypatch)
     monkeypatch.delenv("BATCHSERVE_DATABASE_URL", raising=False)
     monkeypatch.delenv("BATCHSERVE_EVENTS_PATH", raising=False)
 

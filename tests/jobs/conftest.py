@@ -16,7 +16,7 @@ import pytest
 from batchserve.jobs.aws import connect
 from batchserve.jobs.config import QueueConfig
 from batchserve.loadtest.server_process import free_port
-from tests.jobs.queue_helpers import AWS_ENV, Deployment, new_deployment
+from tests.jobs.queue_helpers import Deployment, new_deployment, point_aws_at
 
 MOTO_START_TIMEOUT_S = 30
 
@@ -62,10 +62,7 @@ def moto_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 @pytest.fixture(autouse=True)
 def aws_environment(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     """Credentials moto accepts and its endpoint, for this process and the processes it starts."""
-    for name in ("AWS_PROFILE", "AWS_REGION", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_SQS", "AWS_ENDPOINT_URL_S3"):
-        monkeypatch.delenv(name, raising=False)
-    for name, value in {**AWS_ENV, "AWS_ENDPOINT_URL": moto_endpoint}.items():
-        monkeypatch.setenv(name, value)
+    point_aws_at(moto_endpoint, monkeypatch)
     return {k: v for k, v in os.environ.items() if k.startswith("AWS_")}
 
 

@@ -20,11 +20,23 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from batchserve.jobs import resources
 from batchserve.jobs.aws import AwsClients, connect
 from batchserve.jobs.config import QueueConfig, ResourceNames
 
 AWS_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+# Settings of a developer's own AWS set-up that would take calls elsewhere than moto.
+_AWS_ELSEWHERE = ("AWS_PROFILE", "AWS_REGION", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_SQS", "AWS_ENDPOINT_URL_S3")
+
+
+def point_aws_at(endpoint: str, monkeypatch: pytest.MonkeyPatch, *also_unset: str) -> None:
+    """Credentials moto accepts and its endpoint, for this process and the processes it starts."""
+    for name in (*_AWS_ELSEWHERE, *also_unset):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in {**AWS_ENV, "AWS_ENDPOINT_URL": endpoint}.items():
+        monkeypatch.setenv(name, value)
 WORKER_READY_TIMEOUT_S = 90.0
 
 

@@ -27,7 +27,7 @@ from batchserve.model_repo.sync import RepositoryCache, is_safe_relative
 from batchserve.serving.config import ServingConfig
 from batchserve.serving.registry import ModelRegistry
 from tests.jobs.conftest import start_moto, stop
-from tests.jobs.queue_helpers import AWS_ENV
+from tests.jobs.queue_helpers import point_aws_at
 from tests.server.conftest import jpeg_bytes
 
 ADMIN_KEY = "object-store-admin"
@@ -47,11 +47,7 @@ def moto_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 @pytest.fixture(autouse=True)
 def aws_environment(moto_s3: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """moto's endpoint and credentials for this process and the ones it starts; nothing else of AWS."""
-    for name in ("AWS_PROFILE", "AWS_REGION", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3", GCS_HMAC_ID_ENV,
-                 GCS_HMAC_SECRET_ENV, "BATCHSERVE_MODEL_REPO_ENDPOINT_URL"):
-        monkeypatch.delenv(name, raising=False)
-    for name, value in {**AWS_ENV, "AWS_ENDPOINT_URL": moto_s3}.items():
-        monkeypatch.setenv(name, value)
+    point_aws_at(moto_s3, monkeypatch, GCS_HMAC_ID_ENV, GCS_HMAC_SECRET_ENV, "BATCHSERVE_MODEL_REPO_ENDPOINT_URL")
 
 
 @pytest.fixture
