@@ -6,7 +6,8 @@ shape). Values are checked against the template's own declarations (AllowedValue
 AllowedPattern, ...) before anything is written, so a bad flag is a usage error, not a failed stack.
 
 Google Cloud: `service.yaml`, the Knative service with name, image, region, scale bounds, API-key
-mode and Secret Manager references (never secret values) filled in.
+mode, its own service account, the Cloud SQL connection and Secret Manager references (never
+secret values) filled in.
 
 Each rendering also knows the exact command that applies it, which `batchserve deploy` prints.
 """
@@ -26,9 +27,11 @@ import yaml
 
 from batchserve.deploy.aws import cfn_yaml
 from batchserve.deploy.errors import UsageError
+from batchserve.deploy.gcp import names as gcp_names
 
 SERVICE_TEMPLATE = Path(__file__).parent / "gcp" / "service.yaml"
 CAPABILITIES = ("CAPABILITY_IAM",)
+INLINE_TEMPLATE_LIMIT = 51_200  # CloudFormation's limit for a template body sent inline
 AUTH_MODES = ("required", "off")  # `batchserve serve --auth`
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9-]{0,127}$")
 _SERVICE_NAME = re.compile(r"^[a-z]([a-z0-9-]{0,47}[a-z0-9])?$")
@@ -136,6 +139,54 @@ def check_parameters(template: Mapping[str, Any], values: Mapping[str, str]) -> 
         problems.append(f"MinSize {low:g} is above MaxSize {high:g}")
     elif desired is not None and low is not None and high is not None and not low <= desired <= high:
         problems.append(f"DesiredCapacity {desired:g} is outside MinSize..MaxSize ({low:g}..{high:g})")
+    return problems + check_rules(template, values)
+
+
+class _Undecidable(Exception):
+    """A rule uses a function this check does not evaluate; CloudFormation will."""
+
+
+def check_rules(template: Mapping[str, Any], values: Mapping[str, str]) -> list[str]:
+    """The template's Rules evaluated as CloudFormation would before creating anything: the
+    AssertDescription of each assertion the values (or the declared defaults) break."""
+    declared: Mapping[str, Any] = template.get("Parameters", {})
+
+    def value(name: str) -> str:
+        if name in values:
+            return str(values[name])
+        if name in declared and "Default" in declared[name]:
+            return str(declared[name]["Default"])
+        raise _Undecidable(name)
+
+    def evaluate(node: Any) -> Any:
+        if isinstance(node, dict) and len(node) == 1:
+            ((function, argument),) = node.items()
+            if function == "Ref":
+                return value(str(argument))
+            if function == "Fn::Equals":
+                left, right = (evaluate(a) for a in argument)
+                return str(left) == str(right)
+            if function == "Fn::Not":
+                return not evaluate(argument[0])
+            if function == "Fn::Or":
+                return any(evaluate(a) for a in argument)
+            if function == "Fn::And":
+                return all(evaluate(a) for a in argument)
+            raise _Undecidable(function)
+        if isinstance(node, (str, int, float, bool)):
+            return node
+        raise _Undecidable(repr(node))
+
+    problems = []
+    for name, rule in template.get("Rules", {}).items():
+        try:
+            if "RuleCondition" in rule and not evaluate(rule["RuleCondition"]):
+                continue
+            for assertion in rule.get("Assertions", []):
+                if not evaluate(assertion["Assert"]):
+                    problems.append(str(assertion.get("AssertDescription", f"rule {name} is not met")))
+        except _Undecidable:
+            continue
     return problems
 
 
@@ -159,12 +210,18 @@ def render_aws(profile: AwsProfile, out_dir: Path, template: Mapping[str, Any] |
         declared[name]["Default"] = int(number) if number is not None and number.is_integer() else value
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    body = (
+    header = (
         f"# Rendered by `batchserve deploy aws` from deploy/aws/{source_name}; this deployment's values\n"
-        "# are the parameter defaults. Edit the packaged template, not this file.\n" + cfn_yaml.dumps(source)
+        "# are the parameter defaults. Edit the packaged template, not this file.\n"
     )
-    if len(body.encode()) > 51_200:
-        # CloudFormation's limit for a template sent inline (larger ones must come from S3).
+    body = header + cfn_yaml.dumps(source)
+    if len(body.encode()) > INLINE_TEMPLATE_LIMIT:
+        # The same template in YAML's flow style, one line: the indentation and the boot scripts'
+        # line breaks cost what pushes a large template past what CloudFormation takes inline.
+        compact = "# Compact form: as block YAML it would exceed the 51200-byte inline limit.\n"
+        body = header + compact + cfn_yaml.dumps_compact(source)
+    if len(body.encode()) > INLINE_TEMPLATE_LIMIT:
+        # Larger ones must come from S3.
         raise UsageError(f"the rendered template is {len(body.encode())} bytes, above the 51200 inline limit")
     template_path = out_dir / "template.yaml"
     template_path.write_text(body, encoding="utf-8")
@@ -194,6 +251,12 @@ class GcpProfile:
     auth: str = "required"  # BATCHSERVE_AUTH
     admin_key_secret: str | None = None  # Secret Manager secret holding BATCHSERVE_ADMIN_KEY
     events: bool = True  # False: BATCHSERVE_EVENTS=false (a backend whose web tier records events)
+    # The runtime identity: an id (made in `project`) or an e-mail; default NAME-run in `project`.
+    service_account: str | None = None
+    # PROJECT:REGION:INSTANCE, reached through Cloud Run's Cloud SQL connection (a unix socket under
+    # /cloudsql/); the database URL in `database_url_secret` names that socket.
+    cloudsql_instance: str | None = None
+    model_repo: str | None = None  # BATCHSERVE_MODEL_REPO, e.g. gs://BUCKET/PREFIX (default: the image's)
 
 
 @dataclass(frozen=True)
@@ -204,6 +267,8 @@ class RenderedService:
     path: Path
     document: dict[str, Any]
     allow_unauthenticated: bool
+    service_account: str | None = None  # the e-mail the revision runs as
+    notes: tuple[str, ...] = ()  # what the deployment will lack, said before it is applied
 
     def _scope(self) -> list[str]:
         return ["--region", self.region] + (["--project", self.project] if self.project else [])
@@ -253,6 +318,8 @@ def render_gcp(profile: GcpProfile, out_dir: Path) -> RenderedService:
     if not profile.image.strip():
         raise UsageError("--image must name the image built from Dockerfile.gpu")
     _check_access(profile)
+    account, _ = gcp_names.service_account(profile.service_account, profile.service_name, profile.project)
+    notes = _check_data(profile)
 
     service = yaml.safe_load(SERVICE_TEMPLATE.read_text(encoding="utf-8"))
     service["metadata"]["name"] = profile.service_name
@@ -262,14 +329,21 @@ def render_gcp(profile: GcpProfile, out_dir: Path) -> RenderedService:
     annotations = template["metadata"]["annotations"]
     annotations["autoscaling.knative.dev/minScale"] = str(profile.min_instances)
     annotations["autoscaling.knative.dev/maxScale"] = str(profile.max_instances)
+    if profile.cloudsql_instance:
+        annotations["run.googleapis.com/cloudsql-instances"] = profile.cloudsql_instance
     if profile.concurrency is not None:
         template["spec"]["containerConcurrency"] = profile.concurrency
+    # Not the Compute Engine default account (Editor on the project): one that holds only the grants
+    # deploy/gcp/identity.py gives it.
+    template["spec"]["serviceAccountName"] = account
     container = template["spec"]["containers"][0]
     container["image"] = profile.image
     env = container.setdefault("env", [])
     _set_env(env, "BATCHSERVE_AUTH", profile.auth)
     if not profile.events:
         _set_env(env, "BATCHSERVE_EVENTS", "false")
+    if profile.model_repo:
+        _set_env(env, "BATCHSERVE_MODEL_REPO", profile.model_repo)
     # Secrets travel as references: Cloud Run reads the value when an instance starts, and
     # neither this file nor the revision holds it.
     for name, secret in (
@@ -287,8 +361,32 @@ def render_gcp(profile: GcpProfile, out_dir: Path) -> RenderedService:
         encoding="utf-8",
     )
     return RenderedService(
-        profile.service_name, profile.region, profile.project, path.resolve(), service, profile.allow_unauthenticated
+        profile.service_name, profile.region, profile.project, path.resolve(), service, profile.allow_unauthenticated,
+        account, tuple(notes),
     )
+
+
+def _check_data(profile: GcpProfile) -> list[str]:
+    """Where events and models come from; refuses what cannot work, returns what only may surprise."""
+    notes = []
+    if profile.cloudsql_instance:
+        _, sql_region, _ = gcp_names.cloudsql_connection(profile.cloudsql_instance)
+        if not profile.database_url_secret:
+            raise UsageError(
+                "--cloudsql-instance needs --database-url-secret SECRET: a Secret Manager secret holding "
+                f"postgresql://USER:PASSWORD@/DATABASE?host=/cloudsql/{profile.cloudsql_instance}"
+            )
+        if sql_region != profile.region:
+            notes.append(f"the Cloud SQL instance is in {sql_region}, the service in {profile.region}: every event "
+                         "batch crosses regions (latency, and traffic billed between regions)")
+    if profile.events and not profile.database_url_secret:
+        notes.append("events go to a SQLite file on Cloud Run's in-memory filesystem and vanish with each "
+                     "instance: pass --database-url-secret (with --cloudsql-instance for Cloud SQL), or --no-events")
+    repo = profile.model_repo
+    if repo is not None and not (repo.startswith(("gs://", "file://", "/")) and len(repo) > 5):
+        raise UsageError(f"--model-repo on Cloud Run takes gs://BUCKET[/PREFIX] (read with the service's own "
+                         f"account) or a path inside the image, got {repo!r}")
+    return notes
 
 
 def _check_access(profile: GcpProfile) -> None:

@@ -3,7 +3,9 @@
 * Cloud Run: the service YAML against the Cloud Run Admin API v1 schemas that google-api-python-client
   ships (`run.v1.json`, the API's discovery document), walked recursively from `Service`: unknown
   fields and wrong JSON types are reported with their path. Then the rules a GPU service lives by,
-  which no schema says (annotations are free-form strings to the API).
+  which no schema says (annotations are free-form strings to the API), and the runtime rules: a
+  dedicated service account, a well-formed Cloud SQL connection, in-memory volumes that leave the
+  server its memory and hold the event journal's caps.
 * CloudFormation: cfn-lint, through its Python API.
 
 Each problem is a Finding; an empty list means the profile passed.
@@ -285,11 +287,90 @@ def _check_gpu_container(container: dict[str, Any], path: str) -> list[Finding]:
     return findings
 
 
+_CLOUDSQL_CONNECTION = re.compile(
+    r"^(?:[a-z0-9.-]+:)?[a-z][a-z0-9-]{4,28}[a-z0-9]:[a-z]+-[a-z]+[0-9]+:[a-z][a-z0-9-]*$")
+_DEFAULT_COMPUTE_ACCOUNT = re.compile(r"^[0-9]+-compute@developer\.gserviceaccount\.com$")
+# What the in-memory volumes may take of the container's memory: the rest is the server's (the
+# model, ONNX Runtime's host buffers, decoding, the event buffer).
+MEMORY_VOLUMES_MAX_SHARE = 0.5
+
+
+def check_runtime_rules(service: dict[str, Any]) -> list[Finding]:
+    """Who the revision runs as, how it reaches Cloud SQL, and what its in-memory volumes may hold."""
+    findings: list[Finding] = []
+    spec = _get(service, "spec", "template", "spec") or {}
+    sp = "$.spec.template.spec"
+    account = spec.get("serviceAccountName")
+    if not isinstance(account, str) or "@" not in account:
+        findings.append(Finding(f"{sp}.serviceAccountName", "needs a dedicated service account's e-mail (without "
+                                "one the revision runs as the Compute Engine default account, Editor on the project)"))
+    elif _DEFAULT_COMPUTE_ACCOUNT.match(account):
+        findings.append(Finding(f"{sp}.serviceAccountName", f"{account} is the Compute Engine default account "
+                                "(Editor on the project): use a dedicated one"))
+    annotations = _get(service, "spec", "template", "metadata", "annotations") or {}
+    connections = annotations.get("run.googleapis.com/cloudsql-instances")
+    if isinstance(connections, str):
+        for name in connections.split(","):
+            if not _CLOUDSQL_CONNECTION.match(name.strip()):
+                findings.append(Finding("$.spec.template.metadata.annotations['run.googleapis.com/cloudsql-instances']",
+                                        f"{name.strip()!r} is not a connection name PROJECT:REGION:INSTANCE"))
+    findings.extend(_check_memory_volumes(spec, sp))
+    return findings
+
+
+def _check_memory_volumes(spec: dict[str, Any], sp: str) -> list[Finding]:
+    """In-memory volumes count against the container's memory: together they may take at most
+    MEMORY_VOLUMES_MAX_SHARE of it, and the event journal on one must be capped below its size, so
+    the writer drops (and counts) events before the volume refuses a write."""
+    findings: list[Finding] = []
+    volumes = {v.get("name"): v for v in spec.get("volumes") or [] if isinstance(v, dict)}
+    limits: dict[str, float] = {}
+    for name, volume in volumes.items():
+        if _get(volume, "emptyDir", "medium") != "Memory":
+            continue
+        raw = _get(volume, "emptyDir", "sizeLimit")
+        try:
+            limits[str(name)] = parse_quantity(raw)
+        except ValueError:
+            findings.append(Finding(f"{sp}.volumes[{name!r}].emptyDir.sizeLimit",
+                                    f"an in-memory volume needs a size limit (e.g. 2Gi), got {raw!r}"))
+    for i, container in enumerate(spec.get("containers") or []):
+        path = f"{sp}.containers[{i}]"
+        try:
+            memory = parse_quantity(_get(container, "resources", "limits", "memory") or "")
+        except ValueError:
+            continue  # reported by the GPU rules
+        mounts = {m.get("mountPath"): m.get("name") for m in container.get("volumeMounts") or [] if isinstance(m, dict)}
+        mounted = sum(limits.get(str(name), 0.0) for name in set(mounts.values()))
+        if mounted > memory * MEMORY_VOLUMES_MAX_SHARE:
+            findings.append(Finding(f"{path}.volumeMounts", f"in-memory volumes of {mounted / 2**30:g} GiB leave too "
+                                    f"little of the {memory / 2**30:g} GiB limit to the server (at most "
+                                    f"{MEMORY_VOLUMES_MAX_SHARE:.0%})"))
+        env = {e.get("name"): e.get("value") for e in container.get("env") or [] if isinstance(e, dict)}
+        journal = env.get("BATCHSERVE_JOURNAL_DIR")
+        holder = mounts.get(journal) if isinstance(journal, str) else None
+        if holder is None or str(holder) not in limits:
+            continue
+        try:
+            caps = sum(int(env.get(k) or default) for k, default in (
+                ("BATCHSERVE_EVENTS_JOURNAL_MAX_BYTES", 1 << 30),
+                ("BATCHSERVE_EVENTS_DEAD_LETTER_MAX_BYTES", 256 << 20)))
+        except ValueError:
+            findings.append(Finding(f"{path}.env", "the journal's byte caps must be whole numbers"))
+            continue
+        if caps >= limits[str(holder)]:
+            findings.append(Finding(f"{path}.env", f"the journal and dead-letter caps ({caps} bytes) must stay "
+                                    f"below the in-memory volume {holder!r} that holds them "
+                                    f"({limits[str(holder)]:.0f} bytes)"))
+    return findings
+
+
 def check_cloud_run_service(service: Any) -> list[Finding]:
-    """Schema first; the GPU rules only make sense for a structurally sound document."""
+    """Schema first; the GPU and runtime rules only make sense for a structurally sound document."""
     findings = check_run_schema(service)
     if isinstance(service, dict):
         findings.extend(check_gpu_rules(service))
+        findings.extend(check_runtime_rules(service))
     return findings
 
 

@@ -6,7 +6,8 @@ from collections import Counter
 from typing import Any, TextIO
 
 from batchserve.deploy.aws.session import AwsContext, aws_errors
-from batchserve.deploy.aws.stack import StackOperations, is_healthy, outputs_of
+from batchserve.deploy.aws.stack import StackOperations, deployed_parameters, is_healthy, outputs_of
+from batchserve.deploy.errors import UsageError
 from batchserve.deploy.render import RenderedStack
 
 
@@ -80,8 +81,48 @@ def status(context: AwsContext, stack_name: str, out: TextIO) -> int:
     return 0 if is_healthy(stack) or in_progress else 1
 
 
+def stack_databases(context: AwsContext, stack_name: str) -> list[dict[str, Any]]:
+    """The RDS instances the stack created, as RDS describes them."""
+    cloudformation, rds = context.client("cloudformation"), context.client("rds")
+    with aws_errors(f"listing the resources of stack {stack_name}"):
+        pages = cloudformation.get_paginator("list_stack_resources").paginate(StackName=stack_name)
+        ids = [
+            r["PhysicalResourceId"]
+            for page in pages
+            for r in page["StackResourceSummaries"]
+            if r["ResourceType"] == "AWS::RDS::DBInstance"
+            and r.get("PhysicalResourceId")
+            and r.get("ResourceStatus") != "DELETE_COMPLETE"
+        ]
+    databases = []
+    for identifier in ids:
+        with aws_errors(f"describing database {identifier}"):
+            databases.extend(rds.describe_db_instances(DBInstanceIdentifier=identifier)["DBInstances"])
+    return databases
+
+
+def _refuse_protected(stack: dict[str, Any], databases: list[dict[str, Any]]) -> None:
+    """A protected database would fail the deletion halfway (DELETE_FAILED, the rest of the stack
+    gone, the stack no longer updatable): refuse before anything is deleted."""
+    protected = [d["DBInstanceIdentifier"] for d in databases if d.get("DeletionProtection")]
+    if not protected:
+        return
+    name = stack["StackName"]
+    image = deployed_parameters(stack).get("ImageUri", "IMAGE")
+    raise UsageError(
+        f"stack {name}'s database {', '.join(protected)} has deletion protection, so deleting the stack would fail "
+        f"halfway. Turn it off first: `batchserve deploy aws --stack-name {name} --image {image} "
+        "--param DatabaseDeletionProtection=false`, then --destroy again; the database then leaves a final snapshot "
+        "(its events and API keys) behind"
+    )
+
+
 def destroy(context: AwsContext, stack_name: str, out: TextIO, *, poll_interval_s: float, timeout_s: float) -> int:
     ops = StackOperations(context, stack_name, out, poll_interval_s=poll_interval_s, timeout_s=timeout_s)
+    existing = ops.describe()
+    databases = stack_databases(context, stack_name) if existing is not None else []
+    if existing is not None:
+        _refuse_protected(existing, databases)
     stack = ops.destroy()
     if stack is not None:
         print(f"stack {stack_name} deleted", file=out)
@@ -89,5 +130,17 @@ def destroy(context: AwsContext, stack_name: str, out: TextIO, *, poll_interval_
         for bucket in buckets:
             print(
                 f"bucket {bucket} was kept with its objects; remove it with: aws s3 rb s3://{bucket} --force", file=out
+            )
+        for database in databases:
+            identifier = database["DBInstanceIdentifier"]
+            print(
+                f"database {identifier} left its final snapshot; list it with: aws rds describe-db-snapshots "
+                f"--region {context.region} --db-instance-identifier {identifier} --snapshot-type manual",
+                file=out,
+            )
+            print(
+                "  its password stays in the stack's database secret (kept; restore the snapshot with "
+                "`aws rds restore-db-instance-from-db-snapshot`)",
+                file=out,
             )
     return 0

@@ -67,3 +67,10 @@ def load(path: Path = TEMPLATE_PATH) -> dict[str, Any]:
 
 def dumps(template: dict[str, Any]) -> str:
     return yaml.dump(template, Dumper=_Dumper, sort_keys=False, width=120, allow_unicode=True)
+
+
+def dumps_compact(template: dict[str, Any]) -> str:
+    """The same data in flow style on one line (multi-line strings double-quoted with escapes)."""
+    return yaml.dump(
+        template, Dumper=_Dumper, sort_keys=False, default_flow_style=True, width=float("inf"), allow_unicode=True
+    )

@@ -4,7 +4,7 @@ the translation of botocore's exceptions into messages that say what to do."""
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -101,13 +101,22 @@ class AwsContext:
             self._clients[service] = self.session.client(service, region_name=self.region, **kwargs)
         return self._clients[service]
 
+    def client_in(self, service: str, region: str) -> Any:
+        """A client for another region (an ECR registry elsewhere), or this region's."""
+        if region == self.region:
+            return self.client(service)
+        kwargs = {"endpoint_url": self.endpoint_url} if self.endpoint_url else {}
+        return self.session.client(service, region_name=region, **kwargs)
+
     def account(self) -> str:
         """Who we are; the cheapest call that fails early and clearly without credentials."""
         with aws_errors("checking AWS credentials"):
             return str(self.client("sts").get_caller_identity()["Account"])
 
-    def default_network(self) -> tuple[str, list[str]]:
-        """The region's default VPC and its default subnets (one per Availability Zone)."""
+    def default_network(self, type_sets: Sequence[Sequence[str]] = ()) -> tuple[str, list[str]]:
+        """The region's default VPC and its default subnets (one per Availability Zone), keeping only
+        the zones that offer at least one instance type of each set (GPU types are not offered in
+        every zone, and a group launching into a zone without its type fails there)."""
         ec2 = self.client("ec2")
         with aws_errors("looking up the default VPC"):
             vpcs = ec2.describe_vpcs(Filters=[{"Name": "isDefault", "Values": ["true"]}])["Vpcs"]
@@ -123,4 +132,27 @@ class AwsContext:
                 f"the default VPC {vpc_id} has default subnets in {len(by_zone)} Availability Zone(s); "
                 "a load balancer needs two: pass --vpc-id and --subnet-ids"
             )
+        for types in type_sets:
+            offered = self.zones_offering(types)
+            left_out = sorted(set(by_zone) - offered)
+            by_zone = {zone: subnet for zone, subnet in by_zone.items() if zone in offered}
+            if len(by_zone) < 2:
+                raise UsageError(
+                    f"only {len(by_zone)} Availability Zone(s) of {self.region}'s default VPC offer "
+                    f"{' or '.join(types)} (not: {', '.join(left_out) or 'none'}); a load balancer needs two: "
+                    "add instance types with --instance-types, or pass --vpc-id and --subnet-ids"
+                )
         return vpc_id, [by_zone[zone] for zone in sorted(by_zone)]
+
+    def zones_offering(self, instance_types: Sequence[str]) -> set[str]:
+        """The region's Availability Zones that offer at least one of `instance_types`."""
+        ec2 = self.client("ec2")
+        zones: set[str] = set()
+        with aws_errors(f"looking up the zones that offer {', '.join(instance_types)}"):
+            pages = ec2.get_paginator("describe_instance_type_offerings").paginate(
+                LocationType="availability-zone",
+                Filters=[{"Name": "instance-type", "Values": list(instance_types)}],
+            )
+            for page in pages:
+                zones.update(o["Location"] for o in page["InstanceTypeOfferings"])
+        return zones

@@ -182,19 +182,16 @@ class StackOperations:
         stack_id = existing["StackId"]
         given = {p["ParameterKey"] for p in parameters}
         declared = rendered.defaults
-        kept = []
-        # What this run does not set keeps its deployed value, as `aws cloudformation deploy` does. A
-        # value equal to the template's default needs no mention (an omitted parameter takes its
-        # default); other values are sent as read back, and NoEcho ones, which read back masked, by
-        # UsePreviousValue. Parameters the template no longer declares are dropped.
-        for previous in existing.get("Parameters", []):
-            key, value = previous["ParameterKey"], previous.get("ParameterValue", "")
-            if key in given or key not in declared:
-                continue
-            if value == "****":
-                kept.append({"ParameterKey": key, "UsePreviousValue": True})
-            elif value != declared[key]:
-                kept.append({"ParameterKey": key, "ParameterValue": value})
+        # What this run does not set keeps its deployed value, as `aws cloudformation deploy` does: by
+        # UsePreviousValue, which also keeps NoEcho values (read back masked) and lists, even where the
+        # rendered default differs (the network of a stack created in a custom VPC). A value equal to
+        # the rendered default needs no mention: an omitted parameter takes its default. Parameters the
+        # template no longer declares are dropped.
+        kept = [
+            {"ParameterKey": key, "UsePreviousValue": True}
+            for key, value in ((p["ParameterKey"], p.get("ParameterValue", "")) for p in existing.get("Parameters", []))
+            if key not in given and key in declared and value != declared[key]
+        ]
         watcher = EventWatcher(self.cloudformation, stack_id)
         with aws_errors(f"reading events of stack {self.stack_name}"):
             watcher.prime()
@@ -223,6 +220,15 @@ class StackOperations:
         self.say(f"deleting stack {self.stack_name}")
         self._wait(stack_id, watcher, {"DELETE_COMPLETE"}, "stack deletion")
         return existing
+
+
+def created_by_deploy(existing: dict[str, Any] | None) -> bool:
+    """Whether deploying creates the stack: none exists, or only the husk of a failed creation."""
+    return existing is None or existing.get("StackStatus") in _DEAD_ON_ARRIVAL
+
+
+def deployed_parameters(existing: dict[str, Any]) -> dict[str, str]:
+    return {p["ParameterKey"]: p.get("ParameterValue", "") for p in existing.get("Parameters", [])}
 
 
 def outputs_of(stack: dict[str, Any]) -> dict[str, str]:

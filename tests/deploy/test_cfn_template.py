@@ -14,8 +14,11 @@ import pytest
 from batchserve.deploy.aws import cfn_yaml
 from batchserve.deploy.render import AwsProfile, render_aws
 from batchserve.deploy.validate import lint_cloudformation
+from batchserve.server.options import OPTIONS as SERVE_OPTIONS
 from tests.deploy.cfn_resolve import StackScope, coerce_to_api
 from tests.deploy.conftest import AMI_PARAMETER, REGION
+
+DATABASE_SECRET_ARN = f"arn:aws:secretsmanager:{REGION}:123456789012:secret:batchserve/db-AbCdEf"
 
 pytestmark = pytest.mark.filterwarnings("ignore:Tried to parse:UserWarning")
 
@@ -94,10 +97,11 @@ def test_ami_comes_from_the_deep_learning_base_ami_parameter(template: dict) -> 
     )
 
 
-def test_launch_template_requires_imdsv2_reachable_from_containers(template: dict) -> None:
+def test_launch_template_requires_imdsv2_out_of_the_containers_reach(template: dict) -> None:
     data = template["Resources"]["LaunchTemplate"]["Properties"]["LaunchTemplateData"]
     assert data["MetadataOptions"]["HttpTokens"] == "required"
-    assert data["MetadataOptions"]["HttpPutResponseHopLimit"] == 2
+    # The server calls no AWS API: only the host (boot script, log driver) gets the role's credentials.
+    assert data["MetadataOptions"]["HttpPutResponseHopLimit"] == 1
     assert data["BlockDeviceMappings"][0]["Ebs"]["Encrypted"] is True
 
 
@@ -125,7 +129,9 @@ def test_warm_pool_and_https_are_optional(template: dict) -> None:
     assert template["Resources"]["WarmPool"]["Condition"] == "HasWarmPool"
     assert template["Resources"]["WarmPool"]["Properties"]["PoolState"] == "Stopped"
     assert template["Resources"]["HttpsListener"]["Condition"] == "HasCertificate"
-    assert template["Resources"]["DatabaseSecretPolicy"]["Condition"] == "HasDatabaseSecret"
+    # A database always: the stack's own RDS instance, or the one a secret names.
+    assert "Condition" not in template["Resources"]["DatabaseSecretPolicy"]
+    assert template["Resources"]["Database"]["Condition"] == "CreateDatabase"
 
 
 def test_scaling_follows_requests_per_instance_and_queue_depth(template: dict) -> None:
@@ -145,16 +151,22 @@ def test_instance_role_is_least_privilege(template: dict) -> None:
         {"Fn::Sub": "arn:${AWS::Partition}:iam::aws:policy/AmazonEC2ContainerRegistryReadOnly"}
     ]
     by_sid = {s["Sid"]: s for s in statements(template)}
-    assert by_sid["Metrics"]["Condition"] == {"StringEquals": {"cloudwatch:namespace": "Batchserve"}}
-    assert sorted(by_sid["BucketObjects"]["Action"]) == ["s3:GetObject", "s3:PutObject"]
-    assert by_sid["BucketObjects"]["Resource"] == {"Fn::Sub": "${Bucket.Arn}/*"}
-    assert by_sid["DatabaseUrl"]["Resource"] == {"Ref": "DatabaseUrlSecretArn"}
-    for statement in statements(template):
-        actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
-        assert all("*" not in a for a in actions), statement
-        # Only PutMetricData (which has no resource ARNs) may name every resource, and only under a condition.
-        if statement.get("Resource") == "*":
-            assert actions == ["cloudwatch:PutMetricData"] and "Condition" in statement
+    # What the host does, and nothing the server does not: its queue-depth metric travels in its logs
+    # (EMF), and it touches no bucket, so neither PutMetricData nor S3 is granted.
+    actions = {
+        sid: sorted(s["Action"] if isinstance(s["Action"], list) else [s["Action"]]) for sid, s in by_sid.items()
+    }
+    assert actions == {
+        "ContainerLogs": ["logs:CreateLogStream", "logs:PutLogEvents"],
+        "LaunchHook": ["autoscaling:CompleteLifecycleAction"],
+        "DatabaseUrl": ["secretsmanager:GetSecretValue"],
+        "AdminKey": ["secretsmanager:GetSecretValue"],
+    }
+    assert by_sid["DatabaseUrl"]["Resource"] == {
+        "Fn::If": ["CreateDatabase", {"Ref": "DatabaseSecret"}, {"Ref": "DatabaseUrlSecretArn"}]
+    }
+    assert by_sid["AdminKey"]["Resource"] == {"Ref": "AdminKeySecretArn"}
+    assert all(s.get("Resource") != "*" for s in statements(template))
 
 
 def test_bucket_is_private_encrypted_and_expires_objects(template: dict) -> None:
@@ -162,7 +174,8 @@ def test_bucket_is_private_encrypted_and_expires_objects(template: dict) -> None
     props = bucket["Properties"]
     assert all(props["PublicAccessBlockConfiguration"].values())
     assert props["BucketEncryption"]["ServerSideEncryptionConfiguration"][0]["ServerSideEncryptionByDefault"]
-    assert any("ExpirationInDays" in r for r in props["LifecycleConfiguration"]["Rules"])
+    backups = next(r for r in props["LifecycleConfiguration"]["Rules"] if r.get("Prefix") == "backups/")
+    assert backups["ExpirationInDays"] == {"Ref": "BackupObjectRetentionDays"}
     assert bucket["DeletionPolicy"] == "Retain"
 
 
@@ -177,29 +190,34 @@ def test_instances_accept_traffic_from_the_load_balancer_only(template: dict) ->
 def user_data_script(template: dict) -> str:
     return template["Resources"]["LaunchTemplate"]["Properties"]["LaunchTemplateData"]["UserData"]["Fn::Base64"][
         "Fn::Sub"
-    ]
+    ][0]
 
 
 def test_user_data_runs_the_image_on_the_gpu_with_the_server_config(template: dict) -> None:
     script = user_data_script(template)
     for needle in (
-        'IMAGE="${ImageUri}"',
+        "IMAGE='${ImageUri}'",
         "--gpus all",
         "-p 80:8000",
         "--restart unless-stopped",
         "--log-driver awslogs",
-        'awslogs-group="${LogGroup}"',
+        "LOG_GROUP='${LogGroup}'",
+        'awslogs-group="$LOG_GROUP"',
         "BATCHSERVE_CLOUDWATCH_EMF=1",
         "BATCHSERVE_ASG_NAME=$ASG_NAME",
         "BATCHSERVE_PORT=8000",
-        "BATCHSERVE_DATABASE_URL",
+        "BATCHSERVE_AUTH=required",
+        "BATCHSERVE_DATABASE_URL=$DATABASE_URL",
         "aws secretsmanager get-secret-value",
         "aws ecr get-login-password",
         "complete-lifecycle-action",
+        '"$IMAGE" batchserve serve\n',
     ):
         assert needle in script, needle
+    names = set(re.findall(r"BATCHSERVE_[A-Z_]+", script))
+    assert names <= {o.env for o in SERVE_OPTIONS}  # a misspelt setting would be ignored
     # The group name the instances report under is the one the group gets.
-    assert 'ASG_NAME="${AWS::StackName}-asg"' in script
+    assert "ASG_NAME='${AWS::StackName}-asg'" in script
     assert template["Resources"]["AutoScalingGroup"]["Properties"]["AutoScalingGroupName"] == {
         "Fn::Sub": "${AWS::StackName}-asg"
     }
@@ -211,7 +229,8 @@ def test_user_data_is_valid_bash_once_substituted(template: dict, tmp_path: Path
         "AWS::Region": "us-east-1",
         "ImageUri": "1.dkr.ecr.us-east-1.amazonaws.com/b:1",
         "AWS::StackName": "s",
-        "DatabaseUrlSecretArn": "",
+        "DatabaseSecret": "arn:aws:secretsmanager:us-east-1:1:secret:db",
+        "AdminKeySecretArn": "",
         "Models": "efficientnet_lite0",
         "LogGroup": "/batchserve/s",
     }
@@ -244,6 +263,8 @@ def _create(local_aws, tmp_path: Path, **overrides: str) -> tuple[dict, dict, St
         "SubnetIds": ",".join(subnets),
         "AmiParameter": AMI_PARAMETER,
         "InstanceType": "g6.xlarge",
+        # moto's CloudFormation cannot create secrets: the stack reads an existing database URL secret.
+        "DatabaseUrlSecretArn": DATABASE_SECRET_ARN,
         **overrides,
     }
     # Rendering makes the given values the defaults; moto resolves the AMI parameter's default eagerly.
@@ -282,8 +303,9 @@ def test_stack_creates_the_group_launch_template_and_load_balancer(local_aws, tm
     assert version["InstanceType"] == "g6.xlarge"
     assert version["MetadataOptions"]["HttpTokens"] == "required"
     user_data = base64.b64decode(version["UserData"]).decode()
-    assert 'IMAGE="123456789012.dkr.ecr.us-east-1.amazonaws.com/batchserve:7"' in user_data
-    assert "--gpus all" in user_data and 'ASG_NAME="bs-test-asg"' in user_data
+    assert "IMAGE='123456789012.dkr.ecr.us-east-1.amazonaws.com/batchserve:7'" in user_data
+    assert "--gpus all" in user_data and "ASG_NAME='bs-test-asg'" in user_data
+    assert f"DATABASE_SECRET='{DATABASE_SECRET_ARN}'" in user_data
 
     elbv2 = clients["elbv2"]
     target_group = elbv2.describe_target_groups(TargetGroupArns=group["TargetGroupARNs"])["TargetGroups"][0]
@@ -297,6 +319,22 @@ def test_stack_creates_the_group_launch_template_and_load_balancer(local_aws, tm
     }
     assert {"LoadBalancerDNS", "URL", "AutoScalingGroupName", "BucketName"} <= outputs
     assert "HttpsListener" not in created and "WarmPool" not in created  # conditions off by default
+
+
+def test_several_instance_types_launch_through_a_mixed_instances_policy(local_aws, tmp_path: Path) -> None:
+    clients, _, _ = _create(local_aws, tmp_path, InstanceType2="g5.xlarge", InstanceType3="g4dn.xlarge")
+    group = clients["autoscaling"].describe_auto_scaling_groups(AutoScalingGroupNames=["bs-test-asg"])[
+        "AutoScalingGroups"
+    ][0]
+    assert "LaunchTemplate" not in group
+    policy = group["MixedInstancesPolicy"]
+    assert [o["InstanceType"] for o in policy["LaunchTemplate"]["Overrides"]] == [
+        "g6.xlarge",
+        "g5.xlarge",
+        "g4dn.xlarge",
+    ]
+    assert policy["InstancesDistribution"]["OnDemandAllocationStrategy"] == "prioritized"
+    assert policy["InstancesDistribution"]["OnDemandPercentageAboveBaseCapacity"] == 100
 
 
 def test_scaling_policies_and_alarms_from_the_template_are_accepted(local_aws, tmp_path: Path) -> None:

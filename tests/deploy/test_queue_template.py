@@ -30,6 +30,7 @@ TEMPLATE = cfn_yaml.TEMPLATE_PATH.with_name("queue_template.yaml")
 IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/batchserve:2"
 ACCOUNT = "123456789012"
 STACK, NAME = "bs-q", "shop"
+DATABASE_SECRET_ARN = f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:batchserve/db-AbCdEf"
 
 
 @pytest.fixture(scope="module")
@@ -63,12 +64,16 @@ def test_dry_run_with_every_option_renders_a_lint_clean_queue_stack(
     rendered = json.loads((tmp_path / "parameters.json").read_text())
     parameters = {p["ParameterKey"]: p["ParameterValue"] for p in rendered}
     assert parameters["QueueName"] == "shop"  # the stack name, by default
-    assert "BacklogScalingPolicy" in (tmp_path / "template.yaml").read_text()
+    body = (tmp_path / "template.yaml").read_text()
+    # Too large as block YAML for CloudFormation's inline limit: the same template in flow style.
+    assert "# Compact form" in body and len(body.encode()) <= 51_200
+    assert cfn_yaml.loads(body)["Resources"]["BacklogScalingPolicy"]["Type"] == "AWS::AutoScaling::ScalingPolicy"
 
 
 def test_queue_names_are_checked_before_rendering(
         aws_env: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    common = ["aws", "--region", REGION, "--image", IMAGE, "--dry-run", "--out", str(tmp_path / "out")]
+    common = ["aws", "--region", REGION, "--image", IMAGE, "--dry-run", "--insecure-http",
+              "--out", str(tmp_path / "out")]
     cases = [
         (["--mode", "queue", "--stack-name", "Shop"], "pass --queue-name NAME"),
         (["--mode", "queue", "--queue-name", "Shop_1"], "QueueName='Shop_1': must be 1-38 lower-case"),
@@ -156,18 +161,21 @@ def test_queues_and_buckets_follow_queue_mode_conventions(template: dict) -> Non
 def user_data(template: dict, launch_template: str) -> str:
     sub = template["Resources"][launch_template]["Properties"]["LaunchTemplateData"]["UserData"]["Fn::Base64"][
         "Fn::Sub"]
-    return sub if isinstance(sub, str) else sub[0]
+    return str(sub[0])
 
 
 def test_launch_templates_run_the_two_tiers(template: dict, tmp_path: Path) -> None:
     worker, web = user_data(template, "WorkerLaunchTemplate"), user_data(template, "WebLaunchTemplate")
     assert 'batchserve worker --queue-name "$QUEUE_NAME" --scale-in-protection' in worker
     assert "--gpus all" in worker and "-p 80" not in worker  # nothing reaches a worker
-    assert 'ASG_NAME="${AWS::StackName}-workers"' in worker and "BATCHSERVE_AUTOSCALING_GROUP=$ASG_NAME" in worker
+    assert "ASG_NAME='${AWS::StackName}-workers'" in worker and "BATCHSERVE_AUTOSCALING_GROUP=$ASG_NAME" in worker
     assert 'batchserve serve --backend queue --queue-name "$QUEUE_NAME"' in web
     assert "--gpus" not in web and "BATCHSERVE_AUTH=required" in web
-    # Every setting the boot scripts write is one the command reads (a misspelt one would be ignored).
-    assert set(re.findall(r"BATCHSERVE_[A-Z_]+", worker)) <= {o.env for o in WORKER_OPTIONS}
+    # Every setting the boot scripts write is one the command reads (a misspelt one would be ignored),
+    # but BATCHSERVE_REQUIRE_GPU, which `batchserve serve` reads and the worker does not read yet: the
+    # GPU tier asks for it so that a worker that learns it fails without CUDA instead of crawling on CPU.
+    assert set(re.findall(r"BATCHSERVE_[A-Z_]+", worker)) - {"BATCHSERVE_REQUIRE_GPU"} <= {
+        o.env for o in WORKER_OPTIONS}
     assert set(re.findall(r"BATCHSERVE_[A-Z_]+", web)) <= {o.env for o in SERVE_OPTIONS}
     data = template["Resources"]["WorkerLaunchTemplate"]["Properties"]["LaunchTemplateData"]
     assert data["MetadataOptions"] == {"HttpEndpoint": "enabled", "HttpTokens": "required",
@@ -176,7 +184,8 @@ def test_launch_templates_run_the_two_tiers(template: dict, tmp_path: Path) -> N
         "Fn::Sub": "${AWS::StackName}-workers"}
 
     values = {"AWS::Region": "us-east-1", "AWS::StackName": "s", "ImageUri": IMAGE, "WebImage": IMAGE,
-              "QueueName": "shop", "DatabaseUrlSecretArn": "", "AdminKeySecretArn": "", "Models": "efficientnet_lite0",
+              "QueueName": "shop", "DatabaseSecret": DATABASE_SECRET_ARN, "AdminKeySecretArn": "",
+              "Models": "efficientnet_lite0",
               "LogGroup": "/batchserve/s", "InputBucket": "shop-input", "OutputBucket": "shop-output"}
     for name, script in (("worker", worker), ("web", web)):
         substituted = re.sub(r"\$\{([A-Za-z:]+)\}", lambda m: values[m.group(1)], script).replace("${!", "${")
@@ -204,8 +213,10 @@ def _create(local_aws: Any, tmp_path: Path, **overrides: str) -> tuple[dict[str,
     ec2 = clients["ec2"]
     vpc = ec2.describe_vpcs(Filters=[{"Name": "isDefault", "Values": ["true"]}])["Vpcs"][0]["VpcId"]
     subnets = [s["SubnetId"] for s in ec2.describe_subnets(Filters=[{"Name": "vpc-id", "Values": [vpc]}])["Subnets"]]
+    # moto's CloudFormation cannot create secrets: the stack reads an existing database URL secret.
     values = {"ImageUri": IMAGE, "QueueName": NAME, "VpcId": vpc, "SubnetIds": ",".join(subnets[:2]),
-              "AmiParameter": AMI_PARAMETER, "WebAmiParameter": AMI_PARAMETER, **overrides}
+              "AmiParameter": AMI_PARAMETER, "WebAmiParameter": AMI_PARAMETER,
+              "DatabaseUrlSecretArn": DATABASE_SECRET_ARN, **overrides}
     rendered = render_aws(AwsProfile(region=REGION, stack_name=STACK, parameters=values), tmp_path,
                           cfn_yaml.load(TEMPLATE))
     cf = clients["cloudformation"]
@@ -242,8 +253,8 @@ def test_stack_creates_queues_buckets_both_groups_and_least_privilege_roles(loca
         LaunchTemplateId=worker_asg["LaunchTemplate"]["LaunchTemplateId"])["LaunchTemplateVersions"][0][
         "LaunchTemplateData"]
     script = base64.b64decode(version["UserData"]).decode()
-    assert 'QUEUE_NAME="shop"' in script and f'ASG_NAME="{STACK}-workers"' in script
-    assert "BATCHSERVE_INPUT_BUCKET=shop-input" in script
+    assert "QUEUE_NAME='shop'" in script and f"ASG_NAME='{STACK}-workers'" in script
+    assert "INPUT_BUCKET='shop-input'" in script and "BATCHSERVE_INPUT_BUCKET=$INPUT_BUCKET" in script
 
     sqs_client = boto3.client("sqs", region_name=REGION, endpoint_url=local_aws.endpoint_url)
     url = sqs_client.get_queue_url(QueueName="shop-requests")["QueueUrl"]
@@ -351,7 +362,8 @@ def test_deploy_aws_mode_queue_creates_reports_and_destroys_the_stack(
     base = ["aws", "--mode", "queue", "--region", REGION, "--endpoint-url", local_aws.endpoint_url,
             "--poll-interval", "0.05", "--stack-name", STACK, "--queue-name", NAME, "--out", str(tmp_path / "out")]
     create = [*base, "--image", IMAGE, "--max", "6", "--param", f"AmiParameter={AMI_PARAMETER}",
-              "--param", f"WebAmiParameter={AMI_PARAMETER}", "--skip-validation"]
+              "--param", f"WebAmiParameter={AMI_PARAMETER}", "--skip-validation", "--insecure-http",
+              "--skip-preflight", "--database-url-secret", DATABASE_SECRET_ARN]
     assert main(create) == 0
     out = capsys.readouterr().out
     assert f"stack {STACK}: CREATE_COMPLETE" in out

@@ -10,6 +10,7 @@ import json
 import re
 import stat
 import subprocess
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,17 @@ from batchserve.deploy.render import AwsProfile, render_aws
 from batchserve.server.options import OPTIONS as SERVE_OPTIONS
 from tests.deploy.cfn_resolve import StackScope, coerce_to_api
 from tests.deploy.conftest import AMI_PARAMETER, REGION
-from tests.deploy.web_boot import AWS_CLI, BACKEND, IMAGE, SECRET_ARN, TEMPLATE, run_boot, substituted, user_data
+from tests.deploy.web_boot import (
+    AWS_CLI,
+    BACKEND,
+    DATABASE_SECRET_ARN,
+    IMAGE,
+    SECRET_ARN,
+    TEMPLATE,
+    run_boot,
+    substituted,
+    user_data,
+)
 
 pytestmark = pytest.mark.filterwarnings("ignore:Tried to parse:UserWarning")
 
@@ -81,7 +92,8 @@ def test_dry_run_with_every_option_renders_a_lint_clean_web_tier(
 ])
 def test_backend_flags_are_usage_errors_before_anything_is_written(
         aws_env: None, tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str], message: str) -> None:
-    argv = ["aws", "--region", REGION, "--image", IMAGE, "--dry-run", "--out", str(tmp_path / "out"), *extra]
+    argv = ["aws", "--region", REGION, "--image", IMAGE, "--dry-run", "--insecure-http", "--out", str(tmp_path / "out"),
+            *extra]
     assert main(argv) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
@@ -122,7 +134,9 @@ def test_health_follows_this_tier_not_the_backend_and_scaling_follows_requests(t
     assert tracking["PredefinedMetricSpecification"]["PredefinedMetricType"] == "ALBRequestCountPerTarget"
     assert tracking["TargetValue"] == {"Ref": "TargetRequestsPerInstance"}
     attributes = {a["Key"]: a["Value"] for a in resources["LoadBalancer"]["Properties"]["LoadBalancerAttributes"]}
-    assert int(attributes["idle_timeout.timeout_seconds"]) > 60  # above the backend's own request deadline
+    # The tier's own wait for the backend is answered (504) before the load balancer gives up on it.
+    assert "echo BATCHSERVE_UPSTREAM_TIMEOUT_MS=20000" in user_data(template)
+    assert int(attributes["idle_timeout.timeout_seconds"]) * 1000 > 20000
 
 
 def test_no_parameter_or_output_can_hold_a_key(template: dict) -> None:
@@ -164,7 +178,7 @@ def test_boot_reads_the_backend_key_into_a_root_only_file_and_starts_the_remote_
     key = "bsk_" + "k" * 43
     key_arn = secret(local_aws, "batchserve/backend-key", SecretString=key)
     database_arn = secret(local_aws, "batchserve/db", SecretString="postgresql://h/db")
-    boot = run_boot(tmp_path, local_aws.endpoint_url, BackendKeySecret=key_arn, DatabaseUrlSecretArn=database_arn)
+    boot = run_boot(tmp_path, local_aws.endpoint_url, BackendKeySecret=key_arn, DatabaseSecret=database_arn)
     assert boot.returncode == 0, boot.log
     settings = boot.settings()
     assert settings["BATCHSERVE_UPSTREAM_API_KEY"] == key  # the whole value, no trailing newline
@@ -174,8 +188,37 @@ def test_boot_reads_the_backend_key_into_a_root_only_file_and_starts_the_remote_
     assert "login --username AWS --password-stdin 123456789012.dkr.ecr.us-east-1.amazonaws.com" in boot.calls
     (run,) = boot.docker_runs()
     assert f"--env-file {boot.env_file}" in run
+    # The events journal lives on the instance, mounted where the server is told to keep it.
+    assert f"-v {boot.journal}:{boot.journal}" in run and settings["BATCHSERVE_JOURNAL_DIR"] == str(boot.journal)
+    assert boot.journal.is_dir()
     assert boot.command() == ["batchserve", "serve", "--backend", "remote", "--upstream", BACKEND]
     assert key not in boot.calls and key not in boot.log  # only in the env file
+
+
+@needs_aws_cli
+def test_boot_turns_the_stacks_rds_secret_into_a_database_url(local_aws: Any, tmp_path: Path) -> None:
+    """The stack's own database secret is RDS's JSON (SecretTargetAttachment adds host, port and dbname);
+    a password with URL delimiters must survive the trip into the URL."""
+    key_arn = secret(local_aws, "batchserve/backend-key", SecretString="bsk_" + "k" * 43)
+    rds = {"username": "batchserve", "password": "p@ss/w:rd?#", "engine": "postgres", "port": 5432,
+           "host": "bs.abc123.us-east-1.rds.amazonaws.com", "dbname": "batchserve", "dbInstanceIdentifier": "bs"}
+    database_arn = secret(local_aws, "batchserve/rds", SecretString=json.dumps(rds))
+    boot = run_boot(tmp_path, local_aws.endpoint_url, BackendKeySecret=key_arn, DatabaseSecret=database_arn)
+    assert boot.returncode == 0, boot.log
+    url = boot.settings()["BATCHSERVE_DATABASE_URL"]
+    assert url == ("postgresql://batchserve:p%40ss%2Fw%3Ard%3F%23@bs.abc123.us-east-1.rds.amazonaws.com:5432/"
+                   "batchserve?sslmode=require")
+    parsed = urllib.parse.urlsplit(url)
+    assert urllib.parse.unquote(parsed.password or "") == rds["password"] and parsed.hostname == rds["host"]
+
+
+@needs_aws_cli
+def test_boot_stops_before_the_server_when_the_database_secret_cannot_be_read(
+        local_aws: Any, tmp_path: Path) -> None:
+    key_arn = secret(local_aws, "batchserve/backend-key", SecretString="bsk_" + "k" * 43)
+    boot = run_boot(tmp_path, local_aws.endpoint_url, BackendKeySecret=key_arn, DatabaseSecret="batchserve/no-db")
+    assert boot.returncode != 0 and "ResourceNotFoundException" in boot.log
+    assert boot.docker_runs() == []  # no server that would keep its events nowhere
 
 
 @needs_aws_cli
@@ -235,8 +278,10 @@ def test_stack_on_moto_reads_the_key_by_arn_and_scales_on_requests(local_aws: An
     ec2 = clients["ec2"]
     vpc = ec2.describe_vpcs(Filters=[{"Name": "isDefault", "Values": ["true"]}])["Vpcs"][0]["VpcId"]
     subnets = [s["SubnetId"] for s in ec2.describe_subnets(Filters=[{"Name": "vpc-id", "Values": [vpc]}])["Subnets"]]
+    # moto's CloudFormation cannot create secrets: the stack reads an existing database URL secret.
     values = {"ImageUri": IMAGE, "BackendUrl": BACKEND, "BackendKeySecretArn": arn, "VpcId": vpc,
-              "SubnetIds": ",".join(subnets[:2]), "AmiParameter": AMI_PARAMETER}
+              "SubnetIds": ",".join(subnets[:2]), "AmiParameter": AMI_PARAMETER,
+              "DatabaseUrlSecretArn": DATABASE_SECRET_ARN}
     rendered = render_aws(AwsProfile(region=REGION, stack_name="bs-web", parameters=values), tmp_path,
                           cfn_yaml.load(TEMPLATE), source_name="web_template.yaml")
     assert key not in rendered.template_body
@@ -256,7 +301,8 @@ def test_stack_on_moto_reads_the_key_by_arn_and_scales_on_requests(local_aws: An
         "LaunchTemplateData"]
     assert data["InstanceType"] == "c6i.large"
     script = base64.b64decode(data["UserData"]).decode()
-    assert f'BACKEND_KEY_SECRET="{arn}"' in script and f'BACKEND_URL="{BACKEND}"' in script
+    assert f"BACKEND_KEY_SECRET='{arn}'" in script and f"BACKEND_URL='{BACKEND}'" in script
+    assert f"DATABASE_SECRET='{DATABASE_SECRET_ARN}'" in script
     assert key not in script  # the key is read at boot, never carried in the user data
     target_group = clients["elbv2"].describe_target_groups(TargetGroupArns=group["TargetGroupARNs"])[
         "TargetGroups"][0]
@@ -293,7 +339,8 @@ def test_deploy_aws_backend_url_creates_reports_and_destroys_the_web_tier(
     base = ["aws", "--region", REGION, "--endpoint-url", local_aws.endpoint_url, "--poll-interval", "0.05",
             "--stack-name", "bs-split"]
     create = [*base, "--image", IMAGE, "--backend-url", BACKEND, "--backend-key-secret", "batchserve/backend-key",
-              "--max", "5", "--param", f"AmiParameter={AMI_PARAMETER}", "--out", str(tmp_path / "out")]
+              "--max", "5", "--param", f"AmiParameter={AMI_PARAMETER}", "--out", str(tmp_path / "out"),
+              "--insecure-http", "--skip-preflight", "--database-url-secret", DATABASE_SECRET_ARN]
     assert main(create) == 0
     out = capsys.readouterr().out
     assert "validated: cfn-lint found no problems" in out  # the key-by-name rendering, linted

@@ -21,6 +21,7 @@ REGION = "us-east-1"
 IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/batchserve:3"
 BACKEND = "https://batchserve-backend-abc123-uk.a.run.app"
 SECRET_ARN = f"arn:aws:secretsmanager:{REGION}:123456789012:secret:batchserve/backend-key-AbCdEf"
+DATABASE_SECRET_ARN = f"arn:aws:secretsmanager:{REGION}:123456789012:secret:batchserve/db-AbCdEf"
 
 AWS_CLI = shutil.which("aws")
 
@@ -43,7 +44,7 @@ def user_data(template: dict) -> str:
 def substituted(script: str, **values: str) -> str:
     """The script as CloudFormation's Fn::Sub leaves it: ${Name} replaced, ${!x} turned into ${x}."""
     defaults = {"AWS::Region": REGION, "ImageUri": IMAGE, "BackendUrl": BACKEND, "BackendKeySecret": SECRET_ARN,
-                "DatabaseUrlSecretArn": "", "AdminKeySecretArn": "", "Models": "efficientnet_lite0",
+                "DatabaseSecret": DATABASE_SECRET_ARN, "AdminKeySecretArn": "", "Models": "efficientnet_lite0",
                 "LogGroup": "/batchserve/bs-web"}
     defaults.update(values)
     return re.sub(r"\$\{([A-Za-z:]+)\}", lambda m: defaults[m.group(1)], script).replace("${!", "${")
@@ -53,6 +54,7 @@ def substituted(script: str, **values: str) -> str:
 class Boot:
     returncode: int
     env_file: Path
+    journal: Path
     calls: str  # one line per docker call
     log: str  # what the script printed (its /var/log/batchserve-boot.log)
 
@@ -80,14 +82,17 @@ def run_boot(tmp_path: Path, endpoint_url: str, **values: str) -> Boot:
         stub = bin_dir / name
         stub.write_text(f"#!/bin/bash\n{body}\n")
         stub.chmod(stub.stat().st_mode | stat.S_IXUSR)
-    etc, boot_log = tmp_path / "etc-batchserve", tmp_path / "boot.log"
+    etc, boot_log, journal = tmp_path / "etc-batchserve", tmp_path / "boot.log", tmp_path / "journal"
     script = substituted(user_data(cfn_yaml.load(TEMPLATE)), **values)
-    script = script.replace("/etc/batchserve", str(etc)).replace("/var/log/batchserve-boot.log", str(boot_log))
+    script = (script.replace("/etc/batchserve", str(etc)).replace("/var/log/batchserve-boot.log", str(boot_log))
+              .replace("/var/lib/batchserve/journal", str(journal)))
+    if os.geteuid() != 0:  # the journal belongs to the container's user; only root can give it away
+        script = script.replace("install -d -o 10001 -g 10001 ", "install -d ")
     path = tmp_path / "user-data.sh"
     path.write_text(script)
     calls = tmp_path / "calls.log"
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "STUB_LOG": str(calls),
            "AWS_ENDPOINT_URL": endpoint_url}
     result = subprocess.run(["bash", str(path)], env=env, capture_output=True, text=True, timeout=60)
-    return Boot(result.returncode, etc / "env", calls.read_text() if calls.exists() else "",
+    return Boot(result.returncode, etc / "env", journal, calls.read_text() if calls.exists() else "",
                 boot_log.read_text() if boot_log.exists() else "")
