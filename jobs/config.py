@@ -168,6 +168,9 @@ class WorkerConfig:
     autoscaling_group: str | None = field(default=None, metadata=_help(
         "with --scale-in-protection: the instance's Auto Scaling group (default: its aws:autoscaling:groupName "
         "tag, from the instance metadata service when instance metadata tags are enabled)"))
+    require_gpu: bool = field(default=False, metadata=_help(
+        "stop at start (exit 1) when a model's ONNX Runtime session got neither CUDA nor TensorRT, instead of "
+        "taking a GPU worker's share of the queue at CPU speed"))
     metrics_port: int | None = field(default=None, metadata=_help(
         "serve Prometheus metrics (batches, the batcher, drift, messages) on this port at /metrics, without auth; "
         "0 picks a free port"))

@@ -36,6 +36,7 @@ from batchserve.jobs.replies import Responder
 from batchserve.model_repo.errors import ModelRepoError
 from batchserve.serving.core import Serving
 from batchserve.serving.drift import DriftMonitor
+from batchserve.serving.gpu_requirement import cpu_only, names, reason
 from batchserve.serving.metrics_listener import MetricsListener
 
 log = logging.getLogger("batchserve.worker")
@@ -92,6 +93,7 @@ class Worker:
         await serving.start()
         try:
             await serving.registry.load_configured()
+            _check_gpu(settings.worker.require_gpu, serving)
         except ModelRepoError as exc:
             log.error("cannot serve: %s", exc)
             await serving.close(settings.worker.shutdown_grace_s)
@@ -267,6 +269,18 @@ class Worker:
             self.handed_back_total += 1
             log.warning("message %s handed back for another try: %s", held.message_id, outcome.reason)
             await holdings.hand_back(held, outcome.delay_s)
+
+
+def _check_gpu(required: bool, serving: Serving) -> None:
+    """--require-gpu: a worker whose models run on CPU only takes no messages (ModelRepoError says why)."""
+    if not required:
+        return
+    missing = cpu_only(serving.registry.loaded())
+    if missing:
+        import onnxruntime as ort  # only here: a worker that requires nothing never asks
+
+        raise ModelRepoError(f"--require-gpu: {', '.join(names(missing))} would run on CPU only "
+                             f"({reason(missing, list(ort.get_available_providers()))})")
 
 
 def run_worker(settings: WorkerSettings, loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None) -> int:

@@ -9,11 +9,11 @@ from dataclasses import dataclass, field
 
 from batchserve.server.admission import AdmissionGate
 from batchserve.server.config import ServerConfig
-from batchserve.server.gpu_readiness import GpuRequirement
 from batchserve.server.metrics import Metrics
 from batchserve.serving.backend import Backend
 from batchserve.serving.core import Serving
 from batchserve.serving.errors import Draining
+from batchserve.serving.gpu_requirement import GpuRequirement
 
 
 @dataclass

@@ -3,8 +3,9 @@
 ONNX Runtime never refuses a session for want of a GPU: when CUDA (or TensorRT) cannot load —
 the CPU build of onnxruntime installed, a CUDA or cuDNN library missing, no device visible — the
 session quietly runs every node on CPU. A GPU instance doing that serves at a fraction of the
-throughput its scaling targets assume, so with this requirement /readyz answers 503
-`gpu_unavailable` and the platform replaces the instance instead of sending it traffic.
+throughput its scaling targets assume, so with this requirement the server's /readyz answers 503
+`gpu_unavailable` (the platform replaces the instance instead of sending it traffic) and a queue
+worker stops at start (exit 1) instead of taking messages.
 
 What counts is what each session really got (`session.get_providers()`, kept by the runner), not
 what was asked for. Versions without a session of their own (the simulated accelerator, a queue or

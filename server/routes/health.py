@@ -5,8 +5,8 @@ from __future__ import annotations
 from litestar import Response, get
 from litestar.di import NamedDependency
 
-from batchserve.server.gpu_readiness import names
 from batchserve.server.state import AppState
+from batchserve.serving.gpu_requirement import names
 
 
 @get("/healthz", summary="The process is alive", tags=["health"])

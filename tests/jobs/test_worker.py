@@ -364,3 +364,13 @@ async def test_a_taken_metrics_port_stops_the_worker_before_it_receives(deployme
         assert worker.wait(60) == 1, worker.log()
     assert f"cannot serve metrics on port {port}" in worker.log()
     assert await deployment.depth() == (1, 0)  # nothing was received
+
+
+async def test_with_require_gpu_a_worker_on_cpu_stops_before_it_receives(
+        deployment: Deployment, built_models: Path, tmp_path: Path) -> None:
+    await deployment.send_all([deployment.request("a.jpg")])
+    worker = WorkerProcess(deployment.name, "--model-repo", str(built_models), "--models", "tiny", "--require-gpu",
+                           cwd=tmp_path).start(wait_ready=False)
+    assert worker.wait(90) == 1, worker.log()
+    assert "--require-gpu: tiny v1 would run on CPU only" in worker.log()
+    assert await deployment.depth() == (1, 0)  # nothing was received

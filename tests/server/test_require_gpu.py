@@ -17,8 +17,8 @@ import pytest
 from batchserve.cli import build_parser
 from batchserve.loadtest.server_process import free_port, serve_command
 from batchserve.model_repo.providers import CPU, CUDA
-from batchserve.server.gpu_readiness import cpu_only, reason
 from batchserve.server.options import from_sources
+from batchserve.serving.gpu_requirement import cpu_only, reason
 
 from .conftest import AppFactory, jpeg_bytes
 
