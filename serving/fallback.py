@@ -77,6 +77,11 @@ class Fallbacks:
     def __init__(self, registry_of: Callable[[], ModelRegistry]) -> None:
         self._registry_of = registry_of
         self.stats = FallbackStats()
+        # primary -> (the spec its knobs were read from, its fallback): merging a model's knobs
+        # reads a dozen environment variables and validates them all (~0.2 ms), and admission asks
+        # on every refusal of a full queue. A reloaded model has a new spec, so it is read again.
+        self._targets: dict[str, tuple[object, str | None]] = {}
+        self._targets_of: ModelRegistry | None = None  # the registry those answers came from
 
     @property
     def registry(self) -> ModelRegistry:
@@ -84,13 +89,21 @@ class Fallbacks:
 
     def target(self, primary: str) -> str | None:
         """The fallback the primary's knobs name (config.toml < env < flags), if any but itself."""
-        spec = self.registry.spec(primary)
-        knobs = self.registry.config.knobs.for_model(primary, spec.batching if spec is not None else {})
+        registry = self.registry
+        spec = registry.spec(primary)
+        cached = self._targets.get(primary)
+        if cached is not None and cached[0] is spec and registry is self._targets_of:
+            return cached[1]
+        knobs = registry.config.knobs.for_model(primary, spec.batching if spec is not None else {})
         try:
             name = ModelSettings.from_knobs(knobs).routing.fallback
         except ModelLoadError:  # the primary's knobs are wrong: it could not load either, and says why
-            return None
-        return name if name and name != primary else None
+            name = None
+        target = name if name and name != primary else None
+        if registry is not self._targets_of:
+            self._targets, self._targets_of = {}, registry
+        self._targets[primary] = (spec, target)
+        return target
 
     def lease(self, name: str | None, version: int | None = None, k: int | None = None) -> LoadedModel:
         """The loaded version a request asks for (`ModelRegistry.lease`) or, when its model is known

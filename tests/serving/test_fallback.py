@@ -71,9 +71,25 @@ async def test_the_fallback_knob_comes_from_config_toml_env_and_flags(tmp_path: 
     async with serving_of(repo, ("alpha", "beta", "gamma")) as serving:
         fallbacks = serving.fallbacks
         assert [fallbacks.target(m) for m in ("alpha", "beta", "gamma")] == ["beta", None, None]
-        monkeypatch.setenv("BATCHSERVE_MODEL_ALPHA_FALLBACK", "gamma")
-        monkeypatch.setenv("BATCHSERVE_MODEL_GAMMA_FALLBACK", "alpha")
+    # The environment is read once per model (it does not change while a server runs): a new server.
+    monkeypatch.setenv("BATCHSERVE_MODEL_ALPHA_FALLBACK", "gamma")
+    monkeypatch.setenv("BATCHSERVE_MODEL_GAMMA_FALLBACK", "alpha")
+    async with serving_of(repo, ("alpha", "beta", "gamma")) as serving:
+        fallbacks = serving.fallbacks
         assert [fallbacks.target(m) for m in ("alpha", "beta", "gamma")] == ["gamma", None, "alpha"]
+
+
+async def test_a_reloaded_model_names_the_fallback_of_its_new_config(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    add_model(repo, "alpha", fallback="beta")
+    add_model(repo, "beta")
+    add_model(repo, "gamma")
+    async with serving_of(repo, ("alpha", "beta", "gamma")) as serving:
+        assert serving.fallbacks.target("alpha") == "beta"
+        config = repo / "alpha" / "config.toml"
+        config.write_text(config.read_text().replace('fallback = "beta"', 'fallback = "gamma"'))
+        await serving.registry.load("alpha")
+        assert serving.fallbacks.target("alpha") == "gamma"
 
 
 # ---- primary not loaded --------------------------------------------------------------------------
