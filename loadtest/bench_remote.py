@@ -83,8 +83,9 @@ def summarise(settings: RemoteBenchSettings, rounds: list[dict[str, Any]], info:
             "throughput_ratio": _median([p["web"]["per_s"] / p["backend"]["per_s"] for p in pairs
                                          if p["backend"]["per_s"] > 0]),
             "web_cpu_ms_per_request": _median([p["web"]["web_cpu_ms"] for p in pairs]),
-            # The web tier's own idle cost (its checks of the upstream), taken from the same round's
-            # backend-alone run, where it forwarded nothing, and left out of its per-request cost.
+            # The web tier's own idle cost (its timers; an idle web tier checks no upstream), taken
+            # from the same round's backend-alone run, where it forwarded nothing, and left out of
+            # its per-request cost.
             "web_idle_cpu_ms_per_s": _median([_idle_rate(p) * 1000.0 for p in pairs]),
             "web_cpu_ms_per_request_net": _median([_net_cpu_ms(p) for p in pairs]),
             "backend_cpu_ms_per_request": _median([p["backend"]["backend_cpu_ms"] for p in pairs]),
@@ -125,7 +126,7 @@ def _cheaper(wire: dict[str, float | None]) -> str:
 
 
 def _idle_rate(pair: dict[str, Any]) -> float:
-    """The web tier's CPU seconds per second while it only checked its upstream."""
+    """The web tier's CPU seconds per second while it forwarded nothing."""
     return float(pair["backend"]["web_cpu_s"]) / max(1e-9, float(pair["backend"]["seconds"]))
 
 
@@ -168,7 +169,7 @@ def render(report: dict[str, Any]) -> str:
         f"added p50 at concurrency 1: {_fmt(c1['added_p50_ms'], '.2f')} ms (target < {t['added_p50_ms_max']:g}) "
         f"{_met(t['added_p50_met'])}",
         f"web tier CPU per forwarded request at concurrency 1: {_fmt(c1['web_cpu_ms_per_request_net'], '.2f')} ms "
-        f"(target < {t['web_cpu_ms_per_request_max']:g}) {_met(t['web_cpu_met'])}; with its idle upstream checks "
+        f"(target < {t['web_cpu_ms_per_request_max']:g}) {_met(t['web_cpu_met'])}; with its idle cost "
         f"({_fmt(c1['web_idle_cpu_ms_per_s'], '.1f')} ms/s) {_fmt(c1['web_cpu_ms_per_request'], '.2f')} ms",
         f"throughput through the web tier at concurrency {max(s['concurrency'])}: "
         f"{_fmt(report['throughput_ratio'], '.2f')}x the backend alone's",

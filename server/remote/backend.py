@@ -14,9 +14,6 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import aiohttp
-import numpy as np
-
 from batchserve import __version__
 from batchserve.model_repo.image_formats import check_declared_type
 from batchserve.server.config import BackendConfig
@@ -24,13 +21,16 @@ from batchserve.server.remote.catalog import UpstreamCatalog
 from batchserve.server.remote.errors import invalid_answer
 from batchserve.server.remote.forwarding import ForwardSettings, Reply, forward
 from batchserve.server.remote.health import HealthChecker
-from batchserve.server.remote.upstreams import UpstreamPool
+from batchserve.server.remote.http_client import ClientSettings, UpstreamClient
+from batchserve.server.remote.markers import NO_LOGITS, cache_hit, hashed_on_loop, stand_in
+from batchserve.server.remote.upstreams import Upstream, UpstreamPool
 from batchserve.server.remote.wire import (
     Answered,
     AnswerError,
     ImageAnswer,
     classify_request,
     decode_answer,
+    header_safe,
     image_answers,
 )
 from batchserve.serving.backend import BackendName
@@ -41,8 +41,6 @@ from batchserve.serving.recording import Caller
 from batchserve.serving.registry import LoadedModel
 
 log = logging.getLogger("batchserve.remote")
-NO_LOGITS = np.empty(0, dtype=np.float32)  # upstreams send the top k, not every class's logit
-KEEPALIVE_S = 15.0  # below uvicorn's 30 s: this side closes an idle connection before the upstream does
 FIRST_CHECK_S = 3.0  # start() waits this long at most for the first round of checks
 
 
@@ -64,7 +62,10 @@ class RemoteSettings:
                    config.upstream_failure_threshold, config.upstream_connections)
 
     def forwarding(self) -> ForwardSettings:
-        return ForwardSettings(self.retries + 1, self.connect_timeout_s, self.timeout_ms / 1000.0)
+        return ForwardSettings(self.retries + 1, self.timeout_ms / 1000.0)
+
+    def client(self, connections: int) -> ClientSettings:
+        return ClientSettings(connections=connections, connect_timeout_s=self.connect_timeout_s)
 
 
 class RemoteBackend:
@@ -75,8 +76,8 @@ class RemoteBackend:
         self.pool = pool
         self.catalog = catalog
         self._forwarding = settings.forwarding()
-        self._auth = {"Authorization": f"Bearer {settings.api_key}"} if settings.api_key else {}
-        self._session: aiohttp.ClientSession | None = None
+        self._clients: dict[Upstream, UpstreamClient] = {}  # the requests' connections
+        self._check_clients: dict[Upstream, UpstreamClient] = {}  # the checks' own
         self._checks: asyncio.Task[None] | None = None
         self._closing = False
 
@@ -92,22 +93,18 @@ class RemoteBackend:
     def ready(self) -> bool:
         return not self._closing and self.pool.ready
 
-    @property
-    def session(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            raise RuntimeError("the remote backend is not started")
-        return self._session
-
     async def start(self) -> None:
-        """Opens the connection pool and checks every upstream once (not waiting past FIRST_CHECK_S:
-        readiness follows the checks either way), then keeps checking in the background."""
-        connector = aiohttp.TCPConnector(limit=0, limit_per_host=self.settings.connections,
-                                         keepalive_timeout=KEEPALIVE_S, ttl_dns_cache=10)
-        self._session = aiohttp.ClientSession(
-            connector=connector, headers={"User-Agent": f"batchserve-web-tier/{__version__}", **self._auth},
-            cookie_jar=aiohttp.DummyCookieJar())  # upstreams set no cookies: no jar to consult per request
-        checker = HealthChecker(self.pool, self._session, interval_s=self.settings.check_interval_s,
-                                connect_timeout_s=self.settings.connect_timeout_s, headers={},
+        """Makes each upstream's connection pools and checks every upstream once (not waiting past
+        FIRST_CHECK_S: readiness follows the checks either way), then goes on checking in the
+        background, while it is needed (health.py)."""
+        headers = {"User-Agent": f"batchserve-web-tier/{__version__}"}
+        if self.settings.api_key:
+            headers["Authorization"] = f"Bearer {self.settings.api_key}"
+        for upstream in self.pool.upstreams:
+            self._clients[upstream] = UpstreamClient(upstream.url, self.settings.client(self.settings.connections),
+                                                     headers=headers)
+            self._check_clients[upstream] = UpstreamClient(upstream.url, self.settings.client(1), headers=headers)
+        checker = HealthChecker(self.pool, self._check_clients, interval_s=self.settings.check_interval_s,
                                 on_change=self.catalog.refresh)
         try:
             await asyncio.wait_for(checker.check_all(), FIRST_CHECK_S)
@@ -123,8 +120,8 @@ class RemoteBackend:
         if self._checks is not None:
             self._checks.cancel()
             await asyncio.gather(self._checks, return_exceptions=True)
-        if self._session is not None:
-            await self._session.close()
+        for client in (*self._clients.values(), *self._check_clients.values()):
+            await client.close()
 
     async def classify_images(self, model: LoadedModel, images: Sequence[ImageInput], k: int, deadline: Deadline,
                               caller: Caller) -> Classification:
@@ -140,14 +137,28 @@ class RemoteBackend:
         if sent:
             answers = await self._forward(model, [image for _, image in sent], k, deadline, caller)
             for (position, image), answer in zip(sent, answers, strict=True):
-                results[position] = _sample(position, image, answer)
+                if isinstance(answer, Answered):
+                    results[position] = await self._classified(model, position, image, answer)
+                else:
+                    results[position] = Failed(position, image, answer, "batch")
         return Classification(model, [r for r in results if r is not None])
+
+    async def _classified(self, model: LoadedModel, position: int, image: ImageInput,
+                          answer: Answered) -> Classified:
+        """One image's answer, with the upstream's markers (markers.py): its cache, its fallback."""
+        hit = None
+        if answer.cache_hit:
+            hit = cache_hit(image) if hashed_on_loop(image) else await asyncio.to_thread(cache_hit, image)
+        answered_by = None if answer.fallback is None else stand_in(self.catalog, model, *answer.fallback)
+        return Classified(position, None, answer.predictions, NO_LOGITS, answer.queue_ms, answer.inference_ms,
+                          answer.batch_size, sent=image, cached=hit, stand_in=answered_by)
 
     async def _forward(self, model: LoadedModel, images: list[ImageInput], k: int, deadline: Deadline,
                        caller: Caller) -> list[ImageAnswer]:
         outbound = classify_request(model.name, model.version, k, images)
-        headers = {"X-Request-ID": caller.request_id}
-        reply = await forward(self.session, self.pool, outbound, model.name, model.version, deadline, headers,
+        request_id = header_safe(caller.request_id)  # the server's own or a client's checked one: always is
+        headers = f"X-Request-ID: {request_id}\r\n" if request_id else ""
+        reply = await forward(self._clients, self.pool, outbound, model.name, model.version, deadline, headers,
                               self._forwarding)
         if isinstance(reply, ErrorInfo):
             return [reply] * len(images)
@@ -162,9 +173,3 @@ def _answers(reply: Reply, count: int) -> list[ImageAnswer]:
                     reply.status, exc)
         return [invalid_answer(reply.url, str(exc))] * count
 
-
-def _sample(position: int, image: ImageInput, answer: ImageAnswer) -> Classified | Failed:
-    if isinstance(answer, Answered):
-        return Classified(position, None, answer.predictions, NO_LOGITS, answer.queue_ms, answer.inference_ms,
-                          answer.batch_size, sent=image)
-    return Failed(position, image, answer, "batch")

@@ -6,7 +6,13 @@ side gives up `BACKSTOP_S` later, should the upstream not answer at all. Classif
 side effects on an upstream that runs without events, so a request is tried again, on another
 upstream when there is one, after a connection failure (the circuit breaker counts those) or a
 503/429 refusal (that upstream is passed over until its Retry-After). Every other answer is the
-client's: a 4xx or 504 as the upstream wrote it, any other 5xx as 502 `upstream_error`.
+client's: a 4xx or 504 as the upstream wrote it, any other 5xx as 502 `upstream_error`, and
+bytes that are not an HTTP answer (malformed, or past the client's size bounds) as 502
+`invalid_answer`, not retried (a broken upstream or proxy would answer the same again).
+
+Tries after a connection failure are safe here because the upstreams run without events: a
+request an upstream had started on and lost is classified again elsewhere and recorded once, by
+the web tier. An upstream that recorded events would record such a request twice.
 """
 
 from __future__ import annotations
@@ -14,12 +20,12 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 
-import aiohttp
-
-from batchserve.server.remote.errors import DEADLINE, refused_key, unavailable, upstream_failed
+from batchserve.server.remote.errors import DEADLINE, invalid_answer, refused_key, unavailable, upstream_failed
 from batchserve.server.remote.health import refusal_text
+from batchserve.server.remote.http_client import BadAnswer, ConnectFailed, ConnectionLost, UpstreamClient
 from batchserve.server.remote.upstreams import Upstream, UpstreamPool
 from batchserve.server.remote.wire import AnswerError, Outbound, decode_answer, whole_error
 from batchserve.serving.classifier import Deadline
@@ -29,14 +35,12 @@ log = logging.getLogger("batchserve.remote")
 TIMEOUT_HEADER = "X-Request-Timeout-Ms"
 BACKSTOP_S = 0.2  # past the deadline passed on, this side stops waiting for an upstream that never answers
 MAX_PAUSE_S = 30.0  # the longest Retry-After honoured (a larger one is capped, not trusted blindly)
-NO_CONTENT_TYPE = frozenset({"Content-Type"})
 RETRIED_STATUSES = (503, 429)
 
 
 @dataclass(frozen=True)
 class ForwardSettings:
     attempts: int  # tries in all, each on another upstream while there is one
-    connect_timeout_s: float
     no_deadline_s: float  # the wait for a request that has no deadline
 
 
@@ -54,9 +58,14 @@ class _ConnectionLost(Exception):
     pass
 
 
-async def forward(session: aiohttp.ClientSession, pool: UpstreamPool, outbound: Outbound, name: str, version: int,
-                  deadline: Deadline, headers: dict[str, str], settings: ForwardSettings) -> Reply | ErrorInfo:
-    """The answer to `outbound` from the first upstream that gives one, or the error that ends it."""
+class _Malformed(Exception):
+    pass
+
+
+async def forward(clients: Mapping[Upstream, UpstreamClient], pool: UpstreamPool, outbound: Outbound, name: str,
+                  version: int, deadline: Deadline, headers: str, settings: ForwardSettings) -> Reply | ErrorInfo:
+    """The answer to `outbound` from the first upstream that gives one, or the error that ends it.
+    `headers`: the header lines every try carries, each ending in CRLF (printable ASCII)."""
     refused: set[Upstream] = set()
     tried: set[Upstream] = set()
     last: ErrorInfo | None = None
@@ -69,10 +78,13 @@ async def forward(session: aiohttp.ClientSession, pool: UpstreamPool, outbound: 
             break
         tried.add(upstream)
         try:
-            reply = await _send(session, upstream, outbound, budget_s, headers, settings)
+            reply = await _send(clients[upstream], upstream, outbound, budget_s, headers, settings)
         except _ConnectionLost as exc:
             last = unavailable(f"the connection to {upstream.url} failed ({exc})", pool.check_interval_s)
             continue
+        except _Malformed as exc:
+            log.warning("upstream %s sent something else than an HTTP answer: %s", upstream.url, exc)
+            return invalid_answer(upstream.url, str(exc))
         except TimeoutError:
             return DEADLINE
         if reply.status in RETRIED_STATUSES:
@@ -95,50 +107,39 @@ async def forward(session: aiohttp.ClientSession, pool: UpstreamPool, outbound: 
     return last if last is not None else pool.unavailable(name, version)
 
 
-async def _send(session: aiohttp.ClientSession, upstream: Upstream, outbound: Outbound, budget_s: float | None,
-                base_headers: dict[str, str], settings: ForwardSettings) -> Reply:
-    """One try. Raises _ConnectionLost (counted by the breaker) or TimeoutError (the deadline passed)."""
-    headers = dict(base_headers)
-    skip: frozenset[str] = frozenset()
-    if outbound.content_type is None:
-        skip = NO_CONTENT_TYPE  # aiohttp would say application/octet-stream; the client said nothing
-    else:
-        headers["Content-Type"] = outbound.content_type
+async def _send(client: UpstreamClient, upstream: Upstream, outbound: Outbound, budget_s: float | None,
+                base_headers: str, settings: ForwardSettings) -> Reply:
+    """One try. Raises _ConnectionLost (counted by the breaker), _Malformed, or TimeoutError (the
+    deadline passed)."""
+    headers = base_headers
+    if outbound.content_type is not None:  # else none at all: the upstream sniffs the bytes, as it would here
+        headers += f"Content-Type: {outbound.content_type}\r\n"
     if budget_s is not None:
-        headers[TIMEOUT_HEADER] = str(max(1, math.floor(budget_s * 1000.0)))
+        headers += f"{TIMEOUT_HEADER}: {max(1, math.floor(budget_s * 1000.0))}\r\n"
     wait_s = (budget_s if budget_s is not None else settings.no_deadline_s) + BACKSTOP_S
-    timeout = aiohttp.ClientTimeout(total=wait_s, sock_connect=settings.connect_timeout_s)
     breaker = upstream.breaker
     upstream.outstanding += outbound.images
+    upstream.sent_since_check = True
     try:
-        async with session.post(upstream.url + outbound.path_and_query, data=outbound.body, headers=headers,
-                                timeout=timeout, skip_auto_headers=skip) as response:
-            body = await response.read()
-            reply = Reply(upstream.url, response.status, body, _kept_headers(response))
-    except aiohttp.ConnectionTimeoutError as exc:
-        breaker.failed()
-        raise _ConnectionLost(f"no connection within {settings.connect_timeout_s:g} s") from exc
-    except TimeoutError:
-        breaker.undecided()
-        raise
-    except aiohttp.ClientError as exc:  # refused, reset, closed mid-answer
+        answer = await client.request("POST", outbound.path_and_query, body=outbound.body, headers=headers,
+                                      timeout_s=wait_s)
+    except (ConnectFailed, ConnectionLost) as exc:  # refused, reset, closed mid-answer, no connection in time
         breaker.failed()
         if breaker.state == "open":
             log.warning("upstream %s: circuit open after %d connection failures (%s)", upstream.url,
                         breaker.failures, exc)
-        raise _ConnectionLost(f"{type(exc).__name__}: {exc}") from exc
+        raise _ConnectionLost(str(exc)) from exc
+    except BadAnswer as exc:
+        breaker.undecided()  # it answers, wrongly: a bug or a proxy, not a connection to give up on
+        raise _Malformed(str(exc)) from exc
     except BaseException:
-        breaker.undecided()  # cancelled (the client went away): says nothing of the upstream
+        breaker.undecided()  # the deadline passed, or cancelled (the client went away): says nothing of the upstream
         raise
     finally:
         upstream.outstanding -= outbound.images
     breaker.succeeded()
-    return reply
-
-
-def _kept_headers(response: aiohttp.ClientResponse) -> dict[str, str]:
-    retry_after = response.headers.get("Retry-After")
-    return {"Retry-After": retry_after} if retry_after is not None else {}
+    retry_after = answer.headers.get("retry-after")
+    return Reply(upstream.url, answer.status, answer.body, {"Retry-After": retry_after} if retry_after else {})
 
 
 def _retry_after_s(headers: dict[str, str]) -> float:

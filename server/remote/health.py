@@ -1,10 +1,15 @@
 """Checking the upstreams: /readyz decides who is in rotation, /v1/models what each one serves.
 
-Every `interval_s` each upstream's /readyz is asked (it needs no key); one that fails, or cannot be
-reached, leaves the rotation at once, and one that passes again comes back with its circuit
-closed. An upstream's /v1/models (which needs the classify scope under `--auth required`) is read
-when it enters the rotation and every `listing_refresh_s` after, so the web tier's catalog follows
-models loaded or unloaded there; a refused key keeps the upstream out, said once at ERROR.
+Checks are passive while nothing happens: an idle web tier sends its upstreams nothing, so a
+backend that scales to zero when nobody calls it (Cloud Run) can. Every `interval_s` an upstream
+is checked only when it needs it: it is out of rotation (to see it come back), its circuit is not
+closed (connection failures seen on real requests: is it gone?), or a request went to it since
+its last check (so a hung or draining upstream is noticed while requests flow, and the catalog
+follows its models). An upstream that fails its /readyz, or cannot be reached, leaves the
+rotation at once; one that passes again comes back with its circuit closed. Its /v1/models
+(which needs the classify scope under `--auth required`) is read when it enters the rotation and
+at a check at least `listing_refresh_s` after the last reading; a refused key keeps the upstream
+out, said once at ERROR.
 """
 
 from __future__ import annotations
@@ -14,9 +19,9 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 
-import aiohttp
 import msgspec
 
+from batchserve.server.remote.http_client import BadAnswer, ConnectFailed, ConnectionLost, UpstreamClient
 from batchserve.server.remote.listing import ListingError, decode_models
 from batchserve.server.remote.upstreams import Upstream, UpstreamPool
 
@@ -58,26 +63,32 @@ class OutOfRotation(Exception):
         self.key_refused = key_refused
 
 
+def needs_check(upstream: Upstream) -> bool:
+    """Whether the periodic round checks it (see the module docstring)."""
+    return not upstream.in_rotation or upstream.sent_since_check or upstream.breaker.state != "closed"
+
+
 class HealthChecker:
-    def __init__(self, pool: UpstreamPool, session: aiohttp.ClientSession, *, interval_s: float,
-                 connect_timeout_s: float, headers: Mapping[str, str], on_change: Callable[[], None],
-                 listing_refresh_s: float = LISTING_REFRESH_S) -> None:
+    def __init__(self, pool: UpstreamPool, clients: Mapping[Upstream, UpstreamClient], *, interval_s: float,
+                 on_change: Callable[[], None], listing_refresh_s: float = LISTING_REFRESH_S) -> None:
         self.pool = pool
-        self.session = session
+        self.clients = clients  # its own, one connection each: checks never queue behind requests
         self.interval_s = interval_s
         self.listing_refresh_s = listing_refresh_s
-        self.headers = dict(headers)
         self.on_change = on_change
-        self.timeout = aiohttp.ClientTimeout(total=CHECK_TIMEOUT_S,
-                                             sock_connect=connect_timeout_s)
 
     async def run(self) -> None:
         while True:
             await asyncio.sleep(self.interval_s)
-            await self.check_all()
+            await self.check_all(only_needed=True)
 
-    async def check_all(self) -> None:
-        changed = await asyncio.gather(*(self.check(u) for u in self.pool.upstreams))
+    async def check_all(self, *, only_needed: bool = False) -> None:
+        due = [u for u in self.pool.upstreams if not only_needed or needs_check(u)]
+        if not due:
+            return
+        for upstream in due:
+            upstream.sent_since_check = False
+        changed = await asyncio.gather(*(self.check(u) for u in due))
         if any(changed):
             self.on_change()
 
@@ -100,7 +111,10 @@ class HealthChecker:
             changed = models != upstream.models or answer.default_model != upstream.default_model
             upstream.models, upstream.default_model = models, answer.default_model
             upstream.listed_at = time.monotonic()
-        if not upstream.in_rotation:
+        if upstream.in_rotation and upstream.breaker.state != "closed":
+            upstream.breaker.reset()  # connection failures, but its /readyz answers: let requests try again
+            changed = True
+        elif not upstream.in_rotation:
             upstream.in_rotation, upstream.problem = True, None
             upstream.breaker.reset()
             log.info("upstream %s is in rotation (serves %s)", upstream.url,
@@ -110,12 +124,14 @@ class HealthChecker:
 
     async def _get(self, upstream: Upstream, path: str, *, readiness: bool) -> bytes:
         try:
-            async with self.session.get(upstream.url + path, headers=self.headers, timeout=self.timeout) as response:
-                status, body = response.status, await response.read()
+            answer = await self.clients[upstream].request("GET", path, timeout_s=CHECK_TIMEOUT_S)
         except TimeoutError:
-            raise OutOfRotation(f"{path} did not answer within {self.timeout.total:g} s") from None
-        except aiohttp.ClientError as exc:
+            raise OutOfRotation(f"{path} did not answer within {CHECK_TIMEOUT_S:g} s") from None
+        except (ConnectFailed, ConnectionLost) as exc:
             raise OutOfRotation(f"unreachable ({type(exc).__name__}: {exc})") from None
+        except BadAnswer as exc:
+            raise OutOfRotation(f"{path} answered something else than HTTP: {exc}") from None
+        status, body = answer.status, answer.body
         if status in (401, 403):
             raise OutOfRotation(f"it refuses this server's --upstream-api-key on {path} ({refusal_text(status, body)})",
                                 key_refused=True)

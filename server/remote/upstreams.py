@@ -33,6 +33,7 @@ class Upstream:
     models: dict[tuple[str, int], ModelEntry] = field(default_factory=dict)
     default_model: str | None = None
     listed_at: float | None = None  # when its /v1/models was last read (None: never)
+    sent_since_check: bool = False  # a request went to it since its last check (health.py)
 
     def serves(self, name: str, version: int) -> bool:
         return (name, version) in self.models

@@ -29,9 +29,9 @@ class Outbound:
     images: int
 
 
-def _header_safe(value: str | None) -> str | None:
+def header_safe(value: str | None) -> str | None:
     """A client's declared type, passed on only when it is plain printable ASCII."""
-    if value and all(" " <= c <= "~" for c in value):
+    if value and value.isascii() and value.isprintable():  # no control characters: no CR/LF
         return value
     return None
 
@@ -40,7 +40,7 @@ def classify_request(model: str, version: int, k: int, images: Sequence[ImageInp
     query = f"/v1/classify?model={quote(model, safe='')}&version={version}&top_k={k}"
     if len(images) == 1:
         (image,) = images
-        return Outbound(query, image.data, _header_safe(image.content_type), 1)
+        return Outbound(query, image.data, header_safe(image.content_type), 1)
     body, content_type = multipart_body(images)
     return Outbound(query, body, content_type, len(images))
 
@@ -52,7 +52,7 @@ def multipart_body(images: Sequence[ImageInput]) -> tuple[bytes, str]:
     parts: list[bytes] = []
     for index, image in enumerate(images):
         head = f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{index}"\r\n'
-        declared = _header_safe(image.content_type)
+        declared = header_safe(image.content_type)
         if declared is not None:
             head += f"Content-Type: {declared}\r\n"
         parts += [head.encode() + b"\r\n", image.data, b"\r\n"]
@@ -78,12 +78,17 @@ class ErrorWire(msgspec.Struct):
 
 
 class EntryWire(msgspec.Struct):
-    """A result object, or one multipart entry (a result or an error)."""
+    """A result object, or one multipart entry (a result or an error). `model` and `model_version`
+    matter only with `fallback` (else they are the model asked for); `cache` is "hit" or absent."""
 
     predictions: list[PredictionWire] | None = None
     timing_ms: TimingWire | None = None
     batch_size: int = 0
     error: ErrorWire | None = None
+    model: str | None = None
+    model_version: int | None = None
+    cache: str | None = None
+    fallback: bool = False
 
 
 class AnswerWire(EntryWire):
@@ -101,6 +106,8 @@ class Answered:
     queue_ms: float
     inference_ms: float
     batch_size: int
+    cache_hit: bool = False  # the upstream answered from its result cache
+    fallback: tuple[str, int] | None = None  # the model and version that answered in the asked one's place
 
 
 ImageAnswer = Answered | ErrorInfo
@@ -148,5 +155,10 @@ def _entry(entry: EntryWire) -> ImageAnswer:
     if entry.predictions is None:
         raise AnswerError("an entry with neither predictions nor an error")
     timing = entry.timing_ms or TimingWire()
+    fallback = None
+    if entry.fallback:
+        if entry.model is None or entry.model_version is None:
+            raise AnswerError("a fallback answer that does not name the model that answered")
+        fallback = (entry.model, entry.model_version)
     return Answered([Prediction(p.class_id, p.label, p.score) for p in entry.predictions], timing.queue,
-                    timing.inference, entry.batch_size)
+                    timing.inference, entry.batch_size, entry.cache == "hit", fallback)

@@ -2,21 +2,29 @@
 
 One set per test session, started in parallel (each process spends seconds importing): the real
 model, two fast simulated upstreams (one under `--auth required`), a simulated one that admits one
-request at a time, a web tier forwarding to all four with the right key, and one with a wrong key.
+request at a time, a web tier forwarding to all four with the right key, and one with a wrong key;
+and a fast simulated upstream serving HTTPS with a self-signed certificate made here.
 The tests that kill upstreams run last (test_remote_faults.py).
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import datetime as dt
+import ipaddress
+import ssl
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from batchserve.loadtest.server_process import ServerProcess, serve_command
 
@@ -36,19 +44,20 @@ class Cluster:
     web: ServerProcess  # -> real, fast_a, fast_b, tight, sending UPSTREAM_KEY; events in web_events
     web_wrong_key: ServerProcess  # -> fast_b with a wrong key: never ready
     web_events: Path
+    tls: ServerProcess  # a fast simulated upstream on HTTPS (its `url` is https://)
+    tls_cert: Path  # its self-signed certificate, the only one that trusts it
 
 
-def start_all(processes: list[ServerProcess], ready: list[bool]) -> None:
-    """Start them side by side; `ready[i]` False: only wait until it listens (/healthz)."""
-    with concurrent.futures.ThreadPoolExecutor(len(processes)) as pool:
-        futures = [pool.submit(p.start if r else lambda p=p: start_listening(p))
-                   for p, r in zip(processes, ready, strict=True)]
-        for future in futures:
+def start_all(starters: list[Callable[[], object]]) -> None:
+    """Run the starters side by side."""
+    with concurrent.futures.ThreadPoolExecutor(len(starters)) as pool:
+        for future in [pool.submit(start) for start in starters]:
             future.result()
 
 
-def start_listening(process: ServerProcess, timeout: float = 90.0) -> None:
-    """Start a server that is not expected to become ready; return once it answers /healthz."""
+def start_listening(process: ServerProcess, timeout: float = 90.0, *, path: str = "/healthz",
+                    verify: ssl.SSLContext | bool = True) -> None:
+    """Start a server and return once `path` answers 200 (/healthz: it listens, ready or not)."""
     process.cwd.mkdir(parents=True, exist_ok=True)
     with process.log_path.open("wb") as log:
         process._process = subprocess.Popen(  # the same child ServerProcess.start makes
@@ -57,14 +66,39 @@ def start_listening(process: ServerProcess, timeout: float = 90.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.process.poll() is not None:
-            raise RuntimeError(f"the web tier exited:\n{process.log_tail()}")
+            raise RuntimeError(f"the server exited:\n{process.log_tail()}")
         try:
-            if httpx.get(process.url + "/healthz", timeout=1.0).status_code == 200:
+            if httpx.get(process.url + path, timeout=1.0, verify=verify).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
         time.sleep(0.1)
-    raise RuntimeError(f"the web tier did not listen within {timeout:.0f} s:\n{process.log_tail()}")
+    raise RuntimeError(f"the server did not answer {path} within {timeout:.0f} s:\n{process.log_tail()}")
+
+
+def self_signed(folder: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and localhost, signed by its own key: (certificate, key) files."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "batchserve test upstream")])
+    now = dt.datetime.now(dt.UTC)
+    certificate = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                                                    x509.DNSName("localhost")]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256()))
+    folder.mkdir(parents=True, exist_ok=True)
+    cert_path, key_path = folder / "upstream.crt", folder / "upstream.key"
+    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+def trusting(cert: Path) -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=str(cert))
 
 
 def restart_on_same_port(old: ServerProcess) -> ServerProcess:
@@ -90,10 +124,15 @@ def cluster(built_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
                         cwd=cwd / "web")
     wrong = ServerProcess(*WEB, "--upstream", fast_b.url, "--upstream-api-key", "not-the-key", "--no-events",
                           cwd=cwd / "wrong-key")
+    cert, key = self_signed(cwd / "tls")
+    tls = ServerProcess(*FAST_SIM, "--ssl-certfile", str(cert), "--ssl-keyfile", str(key), cwd=cwd / "tls")
+    tls.url = tls.url.replace("http://", "https://")
     try:
-        start_all(upstreams, [True] * len(upstreams))
-        start_all([web, wrong], [True, False])
-        yield Cluster(real, fast_a, fast_b, tight, web, wrong, web_events=cwd / "web" / "events.sqlite3")
+        start_all([*(u.start for u in upstreams),
+                   lambda: start_listening(tls, path="/readyz", verify=trusting(cert))])
+        start_all([web.start, lambda: start_listening(wrong)])
+        yield Cluster(real, fast_a, fast_b, tight, web, wrong, web_events=cwd / "web" / "events.sqlite3", tls=tls,
+                      tls_cert=cert)
     finally:
-        for process in (web, wrong, *upstreams):
+        for process in (web, wrong, *upstreams, tls):
             process.stop(timeout=10)
