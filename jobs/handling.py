@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+import msgspec
 from botocore.exceptions import ClientError
 
 from batchserve.jobs.aws import AwsClients, error_code, is_missing
@@ -226,12 +227,17 @@ def _latency_ms(request: RequestMessage, held: HeldMessage) -> float:
 def _classified_result(request: RequestMessage, model: str | None, version: int | None, sample: Classified,
                        held: HeldMessage) -> Result:
     predictions = [Prediction(p.class_id, p.label, p.score) for p in sample.predictions]
+    cache: str | msgspec.UnsetType = "hit" if sample.cached is not None else msgspec.UNSET
+    fallback_for: str | msgspec.UnsetType = msgspec.UNSET
+    if sample.stand_in is not None:  # the model's fallback answered: the result names it
+        model, version = sample.stand_in.name, sample.stand_in.version
+        fallback_for = sample.stand_in.primary
     return Result(
         image_id=request.image_id, request_id=request.request_id, image_file_name=request.image_file_name,
         prediction_value=predictions[0].label, predictions=predictions, model=model, model_version=version,
         job_id=request.job_id, timing_ms=Timing(round(sample.queue_ms, 3), round(sample.inference_ms, 3),
                                                 round(_worker_ms(held), 3)),
-        batch_size=sample.batch_size,
+        batch_size=sample.batch_size, cache=cache, fallback_for=fallback_for,
     )
 
 

@@ -104,6 +104,10 @@ class Result(msgspec.Struct, frozen=True, kw_only=True):
     job_id: str | None
     timing_ms: Timing | None
     batch_size: int | None = None
+    # Present only when they apply: "hit" for an answer from the worker's result cache; the model
+    # asked for when its fallback answered (then `model` names the fallback).
+    cache: str | msgspec.UnsetType = msgspec.UNSET
+    fallback_for: str | msgspec.UnsetType = msgspec.UNSET
 
     @property
     def failed(self) -> bool:

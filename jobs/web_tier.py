@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import msgspec
-import numpy as np
 
 from batchserve.jobs.aws import AwsClients, connect, is_missing, is_unavailable
 from batchserve.jobs.backoff import Backoff, GaveUp
@@ -40,7 +39,9 @@ from batchserve.jobs.reply_reaper import keep_alive_and_reap
 from batchserve.jobs.request_builder import request_message
 from batchserve.jobs.resources import queue_url
 from batchserve.model_repo.image_formats import check_declared_type
+from batchserve.serving.answer_markers import NO_LOGITS, cache_hit, hashed_on_loop, stand_in
 from batchserve.serving.backend import BackendName
+from batchserve.serving.cache import CacheHit
 from batchserve.serving.classifier import Classification, Classified, Deadline, Failed, ImageInput, Prediction
 from batchserve.serving.errors import ErrorInfo, describe, retry_after, status_of
 from batchserve.serving.recording import Caller
@@ -56,7 +57,6 @@ REPLY_RETENTION_S = 3600
 REPLY_VISIBILITY_S = 2
 REPLY_QUEUE_ATTRIBUTES = {"MessageRetentionPeriod": str(REPLY_RETENTION_S),
                           "VisibilityTimeout": str(REPLY_VISIBILITY_S)}
-NO_LOGITS = np.empty(0, dtype=np.float32)  # workers send the top k, not every class's logit
 RECOVERY_POLL_S = 2.0
 
 
@@ -211,7 +211,10 @@ class QueueBackend:
                 raise
         finally:
             self._waiting.pop(image_id, None)
-        return _sample(position, image, result)
+        hit = None
+        if result.cache == "hit":  # the digest, size and format of the image, as a direct-mode hit has them
+            hit = cache_hit(image) if hashed_on_loop(image) else await asyncio.to_thread(cache_hit, image)
+        return _sample(position, image, model, result, hit)
 
     # ---- answers -----------------------------------------------------------------------
     async def _poll(self) -> None:
@@ -266,14 +269,19 @@ class QueueBackend:
             self._reply_url = str(created["QueueUrl"])
 
 
-def _sample(position: int, image: ImageInput, result: Result) -> Classified | Failed:
-    """A worker's result as the sample outcome a route answers from (the worker recorded its event)."""
+def _sample(position: int, image: ImageInput, model: LoadedModel, result: Result,
+            hit: CacheHit | None = None) -> Classified | Failed:
+    """A worker's result as the sample outcome a route answers from (the worker recorded its event),
+    with the worker's markers: a cache hit, or the fallback that answered for `model`."""
     if isinstance(result.error, msgspec.UnsetType) and not isinstance(result.predictions, msgspec.UnsetType):
         timing = result.timing_ms
+        answered_by = None
+        if isinstance(result.fallback_for, str) and result.model is not None and result.model_version is not None:
+            answered_by = stand_in(None, model, result.model, result.model_version)
         return Classified(
             position, None, [Prediction(p.class_id, p.label, p.score) for p in result.predictions], NO_LOGITS,
             timing.queue if timing else 0.0, timing.inference if timing else 0.0, result.batch_size or 0,
-            recorded_elsewhere=True, sent=image,
+            recorded_elsewhere=True, sent=image, cached=hit, stand_in=answered_by,
         )
     error = result.error
     if isinstance(error, msgspec.UnsetType):

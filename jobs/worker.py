@@ -87,9 +87,10 @@ class Worker:
         except OSError as exc:
             log.error("cannot serve metrics on port %s: %s", settings.worker.metrics_port, exc)
             return 1
-        # No fallbacks yet: a result names the model its message asked for (jobs/handling.py).
+        # A model's fallback answers when its queue is full or its batch fails; the result names it
+        # (jobs/handling.py). A model this worker does not serve is answered model_not_found.
         serving = Serving.build(settings.serving, settings.events, retire_grace_s=settings.worker.shutdown_grace_s,
-                                on_batch=self.metrics.batches.observe_batch, cache=settings.cache, fall_back=False)
+                                on_batch=self.metrics.batches.observe_batch, cache=settings.cache)
         await serving.start()
         try:
             await serving.registry.load_configured()

@@ -22,7 +22,6 @@ from batchserve.server.remote.errors import invalid_answer
 from batchserve.server.remote.forwarding import ForwardSettings, Reply, forward
 from batchserve.server.remote.health import HealthChecker
 from batchserve.server.remote.http_client import ClientSettings, UpstreamClient
-from batchserve.server.remote.markers import NO_LOGITS, cache_hit, hashed_on_loop, stand_in
 from batchserve.server.remote.upstreams import Upstream, UpstreamPool
 from batchserve.server.remote.wire import (
     Answered,
@@ -33,6 +32,7 @@ from batchserve.server.remote.wire import (
     header_safe,
     image_answers,
 )
+from batchserve.serving.answer_markers import NO_LOGITS, cache_hit, hashed_on_loop, stand_in
 from batchserve.serving.backend import BackendName
 from batchserve.serving.classifier import Classification, Classified, Deadline, Failed, ImageInput, SampleResult
 from batchserve.serving.config import ServingConfig

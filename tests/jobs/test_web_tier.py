@@ -71,10 +71,11 @@ async def test_the_web_tier_answers_as_direct_mode_and_the_worker_writes_the_eve
     worker_events = tmp_path / "worker.sqlite3"
     server = web_tier(deployment, tmp_path, "--model-repo", str(built_models), "--max-body-bytes", "1000000")
     with WorkerProcess(deployment.name, "--model-repo", str(built_models), "--models", "efficientnet_lite0",
-                       cwd=tmp_path, events_path=worker_events) as worker:
+                       "--cache", "memory", cwd=tmp_path, events_path=worker_events) as worker:
         await asyncio.to_thread(server.start)
         try:
             assert len(await reply_queues(deployment)) == 1  # this instance's own
+            answered: dict[str, dict[str, Any]] = {}
             for photo in photos:
                 status, headers, body = await asyncio.to_thread(
                     call, f"{server.url}/v1/classify?top_k=3", photo.data,
@@ -85,6 +86,13 @@ async def test_the_web_tier_answers_as_direct_mode_and_the_worker_writes_the_eve
                     f"web-{photo.name}", "efficientnet_lite0", 1)
                 assert len(body["predictions"]) == 3 and body["batch_size"] >= 1
                 assert body["timing_ms"]["total"] >= body["timing_ms"]["inference"] > 0
+                assert "cache" not in body
+                answered.setdefault(photo.name, body)
+            # A photo seen before is answered from the worker's cache, and the answer says so.
+            status, _, again = await asyncio.to_thread(call, f"{server.url}/v1/classify?top_k=3", photos[0].data,
+                                                       {"Content-Type": photos[0].content_type})
+            assert status == 200 and again["cache"] == "hit", again
+            assert again["predictions"] == answered[photos[0].name]["predictions"]
 
             # Multipart: per-file answers in upload order, a file that is no image fails alone.
             data, kinds = multipart([("cat.jpg", photos[0].data, "image/jpeg"), ("notes.jpg", b"not an image",

@@ -374,3 +374,29 @@ async def test_with_require_gpu_a_worker_on_cpu_stops_before_it_receives(
     assert worker.wait(90) == 1, worker.log()
     assert "--require-gpu: tiny v1 would run on CPU only" in worker.log()
     assert await deployment.depth() == (1, 0)  # nothing was received
+
+
+async def test_results_say_when_the_cache_or_a_fallback_answered(
+        deployment: Deployment, tmp_path: Path, chelsea: bytes) -> None:
+    from tests.serving.model_helpers import add_model
+
+    repo = tmp_path / "repo"
+    add_model(repo, "alpha", fallback="beta", broken=True)  # every batch of alpha fails
+    add_model(repo, "beta", seed=1)
+    await deployment.put_image("a.jpg", chelsea)
+    to_alpha = deployment.request("a.jpg", model="alpha", top_k=2)
+    first, again = (deployment.request("a.jpg", model="beta", top_k=2) for _ in range(2))
+    with WorkerProcess(deployment.name, "--model-repo", str(repo), "--models", "alpha,beta", "--cache", "memory",
+                       cwd=tmp_path) as worker:
+        await deployment.send_all([to_alpha, first])
+        answers = await deployment.collect({to_alpha["image_id"], first["image_id"]}, ANSWER_TIMEOUT_S)
+        await deployment.send_all([again])  # the same bytes for the same model: from the cache
+        answers |= await deployment.collect({again["image_id"]}, ANSWER_TIMEOUT_S)
+        assert worker.stop() == 0, worker.log()
+    by_fallback, fresh, cached = (answers[m["image_id"]] for m in (to_alpha, first, again))
+    assert (by_fallback["model"], by_fallback["fallback_for"]) == ("beta", "alpha"), by_fallback
+    assert "cache" not in fresh and "fallback_for" not in fresh
+    assert cached["cache"] == "hit" and "fallback_for" not in cached
+    assert cached["predictions"] == fresh["predictions"]
+    stored = await deployment.result_object(f"sync/{to_alpha['image_id']}.json")
+    assert stored["fallback_for"] == "alpha"

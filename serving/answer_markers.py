@@ -1,8 +1,9 @@
-"""An upstream's answer markers, as the web tier's answers and events carry them.
+"""The answer markers of a model run elsewhere (a remote upstream, a queue worker), as the web
+tier's answers and events carry them.
 
-An upstream that answered an image from its result cache says `"cache": "hit"`; one whose fallback
-model answered says `"fallback": true` and names that model (docs/cache-and-fallback.md). The web
-tier answers and records such an image as direct mode would: a cache hit with the image's digest,
+An upstream or worker that answered an image from its result cache says so (`"cache": "hit"`); one
+whose fallback model answered names that model (docs/cache-and-fallback.md). The web tier answers
+and records such an image as direct mode would: a cache hit with the image's digest,
 size and format (read here from the bytes and the header: the image is never decoded here), a
 fallback's answer under the model that gave it, with the model asked for in `fallback_for`.
 """
@@ -51,10 +52,12 @@ def _size(data: bytes, fmt: str) -> tuple[int, int]:
         return 0, 0
 
 
-def stand_in(catalog: ModelRegistry, asked: LoadedModel, name: str, version: int) -> StandIn:
-    """The model that answered in `asked`'s place upstream: the catalog's when it lists it, else
-    one known only by its name and version (a catalog narrowed by --models)."""
+def stand_in(catalog: ModelRegistry | None, asked: LoadedModel, name: str, version: int) -> StandIn:
+    """The model that answered in `asked`'s place elsewhere: the catalog's when it lists it, else
+    one known only by its name and version (no catalog, or one narrowed by --models)."""
     try:
+        if catalog is None:
+            raise LookupError(name)
         model = catalog.find(name, version)
     except Exception:  # noqa: BLE001 - not listed here (ModelNotFound, or no upstream listed it)
         return dataclasses.replace(StandIn.of(asked, asked.name, "unavailable"), name=name, version=version)
