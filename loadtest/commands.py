@@ -61,6 +61,7 @@ def _loadtest(args: argparse.Namespace) -> int:
         url=args.url, profile=args.profile, targets=args.targets, out=args.out or default_out(args.profile),
         users=args.users, spawn_rate=args.spawn_rate, duration_s=args.duration, model=args.model,
         images=args.images, api_key=resolve_api_key(args.api_key),
+        rate=args.rate, calibrate_s=args.calibrate, reference_rps=args.reference_rps,
     )
     try:
         url = check_url(options.url)
@@ -76,6 +77,10 @@ def _loadtest(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
+    if "," in args.model:
+        from batchserve.loadtest.bench_models import run_from_args as run_models
+
+        return run_models(args)
     if args.slo:
         from batchserve.loadtest.bench_slo import run_from_args as run_slo
 
@@ -91,20 +96,32 @@ def register(subparsers: Any) -> None:
         help="run a Locust load profile against a server and check it against targets",
         description="Runs Locust headless against --url for the profile's duration, writes Locust's CSV and a "
                     "PNG plot to --out, prints target vs measured, and exits 1 when any target is missed "
-                    "(2: bad arguments or targets file, 3: Locust failed).",
+                    "(2: bad arguments or targets file, 3: Locust failed). A relative profile (one that sets "
+                    "`rate`) first calibrates the server's capacity with its users back to back, then offers "
+                    "rate x capacity at a constant rate and judges that.",
     )
     loadtest.add_argument("--url", required=True, help="server base URL, e.g. http://127.0.0.1:8000")
     loadtest.add_argument("--profile", required=True, help="profile in the targets file (smoke, raw, multipart, mixed)")
     loadtest.add_argument("--targets", type=Path, default=DEFAULT_TARGETS,
                           help=f"targets file (default {DEFAULT_TARGETS})")
-    loadtest.add_argument("--users", type=_positive_int, default=None, help="concurrent users (default: the profile's)")
+    loadtest.add_argument("--users", type=_positive_int, default=None,
+                          help="concurrent users; of the calibration for relative profiles (default: the profile's)")
     loadtest.add_argument("--spawn-rate", type=_positive_float, default=None, help="users started per second")
-    loadtest.add_argument("--duration", type=_duration, default=None, help="run time, e.g. 30s or 2m")
+    loadtest.add_argument("--duration", type=_duration, default=None,
+                          help="run time, e.g. 30s or 2m; of the constant-rate phase for relative profiles")
     loadtest.add_argument("--model", default=None, help="model query parameter (default: the profile's)")
     loadtest.add_argument("--images", type=Path, default=SAMPLE_IMAGES,
                           help="folder of images to send (default: the shipped sample photos)")
     loadtest.add_argument("--out", type=Path, default=None, help="output folder (default out/loadtest/PROFILE-TIME)")
     loadtest.add_argument("--api-key", default=None, help=f"API key the users send (env {API_KEY_ENV})")
+    loadtest.add_argument("--rate", type=_positive_float, default=None,
+                          help="relative profiles: fraction of the calibrated capacity offered (default: profile's)")
+    loadtest.add_argument("--calibrate", type=_duration, default=None,
+                          help="relative profiles: how long the calibration runs, e.g. 10s (default: the profile's)")
+    loadtest.add_argument("--reference-rps", type=_positive_float, default=None,
+                          help="relative profiles: throughput the capacity is held against by min_capacity_ratio, "
+                               "e.g. the in-process limit `batchserve bench` prints (default: the profile's "
+                               "reference_rps, else that target is skipped)")
     loadtest.set_defaults(func=_loadtest)
 
     from batchserve.loadtest.bench import add_arguments
@@ -119,7 +136,9 @@ def register(subparsers: Any) -> None:
                     "against direct mode. With --remote: a web tier forwarding to a simulated backend against "
                     "the backend alone (added latency, the web tier's CPU per request, throughput). With --slo: "
                     "the batcher's latency_slo_ms against static max_queue_delay_ms settings, in process on the "
-                    "simulated accelerator (p99 and device time per image, open-loop Poisson load).",
+                    "simulated accelerator (p99 and device time per image, open-loop Poisson load). With --model a,b: "
+                    "the models side by side (network images/s at batch 32, a lone request in process, server "
+                    "images/s at concurrency 32 and a lone request's p50 over HTTP).",
     )
     add_arguments(bench)
     from batchserve.loadtest.bench_slo import add_arguments as add_slo_arguments

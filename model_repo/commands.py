@@ -32,11 +32,11 @@ def _list(args: argparse.Namespace) -> int:
     except ModelLoadError as exc:
         print(f"batchserve models list: {exc}", file=sys.stderr)
         return 1
-    print(f"{'model':<22} {'built versions':<16} {'served (policy)':<18} description")
+    print(f"{'model':<26} {'built versions':<16} {'served (policy)':<18} description")
     for name, spec in specs.items():
         built = spec.built_versions()
         served = spec.servable_versions()
-        print(f"{name:<22} {','.join(map(str, built)) or 'not built':<16} "
+        print(f"{name:<26} {','.join(map(str, built)) or 'not built':<16} "
               f"{','.join(map(str, served)) or '-':<18} {spec.description}")
     return 0
 
