@@ -11,7 +11,6 @@ import asyncio
 import os
 import sqlite3
 import time
-import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
@@ -27,7 +26,7 @@ import yaml
 from batchserve.deploy.cli import main
 from batchserve.loadtest.server_process import ServerProcess
 from tests.deploy.web_boot import AWS_CLI, run_boot
-from tests.events.event_helpers import with_search_path
+from tests.events.event_helpers import scratch_schema
 
 pytestmark = pytest.mark.filterwarnings("ignore:Tried to parse:UserWarning")
 
@@ -52,14 +51,6 @@ POSTGRES_URL = os.environ.get("BATCHSERVE_TEST_DATABASE_URL", "postgresql://post
 EVENT_USERS = "SELECT u.user_name FROM api_event_fact e JOIN user_dim u USING (user_key)"
 
 
-async def _execute(url: str, statement: str) -> None:
-    connection = await asyncpg.connect(url, timeout=10)
-    try:
-        await connection.execute(statement)
-    finally:
-        await connection.close()
-
-
 async def _event_users(url: str) -> list[str]:
     connection = await asyncpg.connect(url, timeout=10)
     try:
@@ -73,15 +64,12 @@ async def _event_users(url: str) -> list[str]:
 @pytest.fixture
 def events_database() -> Iterator[str]:
     """A URL of the local PostgreSQL whose connections live in a fresh schema, dropped afterwards."""
-    schema = f"split_test_{uuid.uuid4().hex[:12]}"
-    try:
-        asyncio.run(_execute(POSTGRES_URL, f'CREATE SCHEMA "{schema}"'))
-    except (OSError, asyncpg.PostgresError) as exc:
-        pytest.skip(f"no PostgreSQL at {POSTGRES_URL.split('@')[-1]} ({exc}); `make services` starts one")
-    try:
-        yield with_search_path(POSTGRES_URL, schema)
-    finally:
-        asyncio.run(_execute(POSTGRES_URL, f'DROP SCHEMA "{schema}" CASCADE'))
+    with ExitStack() as stack:
+        try:
+            url = stack.enter_context(scratch_schema(POSTGRES_URL, "split_test"))
+        except (OSError, asyncpg.PostgresError) as exc:
+            pytest.skip(f"no PostgreSQL at {POSTGRES_URL.split('@')[-1]} ({exc}); `make services` starts one")
+        yield url
 
 
 def events_in(folder: Path) -> list[str]:

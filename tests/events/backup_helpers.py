@@ -8,7 +8,6 @@ import contextlib
 import hashlib
 import secrets
 import sqlite3
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -20,7 +19,7 @@ from batchserve.events.config import EventsConfig
 from batchserve.events.keys import StoredKey, open_key_store
 from batchserve.events.store import open_store
 from tests.events.conftest import base_database_url
-from tests.events.event_helpers import T0, WITHOUT_IMAGE, make_event, with_search_path
+from tests.events.event_helpers import T0, WITHOUT_IMAGE, make_event, scratch_schema
 
 # moto checks every part but the last against S3's minimum; the tests lower both to keep data small.
 SMALL_PART = 64 << 10
@@ -87,20 +86,8 @@ def late_events(n: int) -> list[Any]:
 @contextlib.contextmanager
 def sibling_schema() -> Iterator[str]:
     """A second, empty Postgres schema (the pg_url fixture provides the first)."""
-    schema = f"events_restore_{uuid.uuid4().hex[:12]}"
-    asyncio.run(_execute(base_database_url(), f'CREATE SCHEMA "{schema}"'))
-    try:
-        yield with_search_path(base_database_url(), schema)
-    finally:
-        asyncio.run(_execute(base_database_url(), f'DROP SCHEMA "{schema}" CASCADE'))
-
-
-async def _execute(url: str, sql: str) -> None:
-    con = await asyncpg.connect(url, timeout=10)
-    try:
-        await con.execute(sql)
-    finally:
-        await con.close()
+    with scratch_schema(base_database_url(), "events_restore") as url:
+        yield url
 
 
 def read_tables(config: EventsConfig) -> dict[str, list[tuple[Any, ...]]]:

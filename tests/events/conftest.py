@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -16,7 +15,7 @@ import pytest
 from batchserve.events.config import EventsConfig, redact_url
 from batchserve.events.model import Event
 from batchserve.events.store import EventStore, open_store
-from tests.events.event_helpers import make_event, with_search_path
+from tests.events.event_helpers import make_event, scratch_schema
 
 T = TypeVar("T")
 
@@ -61,14 +60,6 @@ async def _unreachable_reason(url: str) -> str | None:
     return None
 
 
-async def _execute(url: str, sql: str) -> None:
-    con = await asyncpg.connect(url, timeout=10)
-    try:
-        await con.execute(sql)
-    finally:
-        await con.close()
-
-
 @pytest.fixture
 def pg_url() -> Iterator[str]:
     """A Postgres URL whose connections live in a fresh schema, dropped after the test.
@@ -88,12 +79,8 @@ def pg_url() -> Iterator[str]:
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail(message)
         pytest.skip(message)
-    schema = f"events_test_{uuid.uuid4().hex[:12]}"
-    _run_sync(_execute(base, f'CREATE SCHEMA "{schema}"'))
-    try:
-        yield with_search_path(base, schema)
-    finally:
-        _run_sync(_execute(base, f'DROP SCHEMA "{schema}" CASCADE'))
+    with scratch_schema(base, "events_test") as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

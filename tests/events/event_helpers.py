@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import urllib.parse
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
+
+import asyncpg
 
 from batchserve.events.model import Event
 from batchserve.events.store import EventStore
@@ -119,3 +123,28 @@ def with_port(url: str, port: int, host: str = "127.0.0.1") -> str:
 def target_of(url: str) -> tuple[str, int]:
     parts = urllib.parse.urlsplit(url)
     return parts.hostname or "127.0.0.1", parts.port or 5432
+
+
+def execute_sql(url: str, sql: str) -> None:
+    """One statement on its own connection, on a private loop in a private thread (callable from
+    synchronous fixtures, also while pytest-asyncio's loop runs)."""
+    async def run() -> None:
+        con = await asyncpg.connect(url, timeout=10)
+        try:
+            await con.execute(sql)
+        finally:
+            await con.close()
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pool.submit(asyncio.run, run()).result()
+
+
+@contextlib.contextmanager
+def scratch_schema(base_url: str, prefix: str) -> Iterator[str]:
+    """A URL of `base_url`'s database whose connections live in a fresh schema, dropped afterwards."""
+    schema = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    execute_sql(base_url, f'CREATE SCHEMA "{schema}"')
+    try:
+        yield with_search_path(base_url, schema)
+    finally:
+        execute_sql(base_url, f'DROP SCHEMA "{schema}" CASCADE')
