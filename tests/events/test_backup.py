@@ -13,7 +13,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 
 from batchserve.cli import main
@@ -38,7 +37,7 @@ from batchserve.model_repo.object_store import GCS_HMAC_ID_ENV, GCS_HMAC_SECRET_
 from tests.events.backup_helpers import SMALL_PART, counts, late_events, populate, read_tables, sibling_schema
 from tests.events.event_helpers import closed_port
 from tests.jobs.conftest import start_moto, stop
-from tests.jobs.queue_helpers import point_aws_at
+from tests.jobs.queue_helpers import new_bucket, point_aws_at, s3_client
 
 
 @pytest.fixture(scope="module")
@@ -62,14 +61,12 @@ def aws_environment(moto_s3: str, monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def s3(moto_s3: str) -> Any:
-    return boto3.client("s3", endpoint_url=moto_s3, region_name="us-east-1")
+    return s3_client(moto_s3)
 
 
 @pytest.fixture
 def bucket(s3: Any) -> str:
-    name = f"backups-{uuid.uuid4().hex[:12]}"
-    s3.create_bucket(Bucket=name)
-    return name
+    return new_bucket(s3, "backups")
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

@@ -31,6 +31,20 @@ AWS_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "
 _AWS_ELSEWHERE = ("AWS_PROFILE", "AWS_REGION", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_SQS", "AWS_ENDPOINT_URL_S3")
 
 
+def s3_client(endpoint: str) -> Any:
+    """A plain boto3 S3 client of moto's server, for tests that set buckets up or look into them."""
+    import boto3
+
+    return boto3.client("s3", endpoint_url=endpoint, region_name=AWS_ENV["AWS_DEFAULT_REGION"])
+
+
+def new_bucket(s3: Any, prefix: str) -> str:
+    """A fresh bucket with a unique name (moto's server keeps its buckets for the whole session)."""
+    name = f"{prefix}-{uuid.uuid4().hex[:12]}"
+    s3.create_bucket(Bucket=name)
+    return name
+
+
 def point_aws_at(endpoint: str, monkeypatch: pytest.MonkeyPatch, *also_unset: str) -> None:
     """Credentials moto accepts and its endpoint, for this process and the processes it starts."""
     for name in (*_AWS_ELSEWHERE, *also_unset):

@@ -7,12 +7,10 @@ from __future__ import annotations
 import asyncio
 import re
 import shutil
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import boto3
 import httpx
 import pytest
 
@@ -27,7 +25,7 @@ from batchserve.model_repo.sync import RepositoryCache, is_safe_relative
 from batchserve.serving.config import ServingConfig
 from batchserve.serving.registry import ModelRegistry
 from tests.jobs.conftest import start_moto, stop
-from tests.jobs.queue_helpers import point_aws_at
+from tests.jobs.queue_helpers import new_bucket, point_aws_at, s3_client
 from tests.server.conftest import jpeg_bytes
 
 ADMIN_KEY = "object-store-admin"
@@ -52,14 +50,12 @@ def aws_environment(moto_s3: str, monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def s3(moto_s3: str) -> Any:
-    return boto3.client("s3", endpoint_url=moto_s3, region_name="us-east-1")
+    return s3_client(moto_s3)
 
 
 @pytest.fixture
 def bucket(s3: Any) -> str:
-    name = f"models-{uuid.uuid4().hex[:12]}"
-    s3.create_bucket(Bucket=name)
-    return name
+    return new_bucket(s3, "models")
 
 
 @pytest.fixture
