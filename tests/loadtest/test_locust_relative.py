@@ -66,7 +66,8 @@ def test_a_relative_profile_offers_a_fraction_of_the_calibrated_capacity(
     offered = _number(r"offered: " + _RATE + r" = 0\.6 x ", text)
     achieved = _number(r"achieved: " + _RATE, text)
     assert capacity > 0
-    assert offered == pytest.approx(0.6 * capacity, abs=0.06)  # both printed to one decimal
+    # Both printed to one decimal: 0.05 of rounding on the offered rate, 0.6 x 0.05 from the capacity.
+    assert offered == pytest.approx(0.6 * capacity, abs=0.05 + 0.6 * 0.05 + 1e-9)
     assert 0.5 * offered <= achieved <= 1.5 * offered
     for metric in ("p50 latency", "p99 latency", "failure ratio", "achieved/offered"):
         assert re.search(rf"^{re.escape(metric)} .* PASS", text, re.MULTILINE), metric
