@@ -67,16 +67,33 @@ class Holdings:
         # Extend well before the timeout runs out, so one slow or failed call does not lose a message.
         self.extend_every_s = visibility_timeout_s / 3
         self.settled_total = settled_total
-        self._held: dict[str, HeldMessage] = {}  # by receipt handle
+        self._held: dict[str, HeldMessage] = {}  # by message id
         self._backoff = Backoff()
         self._retry_at = 0.0
         self.deleted_total = 0
+        self.redelivered_while_held_total = 0
 
     def __len__(self) -> int:
         return len(self._held)
 
-    def add(self, message: HeldMessage) -> None:
-        self._held[message.receipt_handle] = message
+    def add(self, message: HeldMessage) -> bool:
+        """Hold a received message; False when it is one already held, delivered again.
+
+        SQS delivers at least once: a message can come back while this worker still works on it (a
+        second copy from a standard queue, or a visibility that ran out during an outage). The copy is
+        not worked on twice: the held message takes its receipt, the newest, the only one SQS accepts
+        for the delete, and is answered once.
+        """
+        already = self._held.get(message.message_id)
+        if already is None:
+            self._held[message.message_id] = message
+            return True
+        already.receipt_handle = message.receipt_handle
+        already.receive_count = max(already.receive_count, message.receive_count)
+        already.extended = time.monotonic()
+        already.superseded = False
+        self.redelivered_while_held_total += 1
+        return False
 
     def answered(self, message: HeldMessage, event_number: int) -> None:
         message.answered_as = event_number
@@ -84,7 +101,7 @@ class Holdings:
 
     async def hand_back(self, message: HeldMessage, delay_s: int = 0) -> None:
         """Make an unanswered message visible again after `delay_s` (for another worker, or a retry)."""
-        self._held.pop(message.receipt_handle, None)
+        self._held.pop(message.message_id, None)
         try:
             await self._sqs("change_message_visibility", ReceiptHandle=message.receipt_handle,
                             VisibilityTimeout=delay_s)
@@ -135,7 +152,7 @@ class Holdings:
                     log.warning("could not delete answered message %s: %s", message.message_id, failure.get("Message"))
                 else:
                     self.deleted_total += 1
-                self._held.pop(message.receipt_handle, None)
+                self._held.pop(message.message_id, None)
 
     async def _extend_due(self) -> None:
         now = time.monotonic()
@@ -169,7 +186,7 @@ class Holdings:
                 log.warning("could not hand %d messages back (%s); they return after their visibility timeout",
                             len(chunk), exc)
             for message in chunk:
-                self._held.pop(message.receipt_handle, None)
+                self._held.pop(message.message_id, None)
         return len(unanswered)
 
     async def _sqs(self, operation: str, **params: Any) -> Any:

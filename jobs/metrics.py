@@ -27,6 +27,7 @@ class MessageCounts:
     answered: Callable[[], int]
     handed_back: Callable[[], int]
     deleted: Callable[[], int]
+    redelivered_while_held: Callable[[], int]
 
 
 class WorkerMetrics:
@@ -59,3 +60,6 @@ class MessageCollector(Collector):
                                   "moment: S3 or SQS away, a batch that failed).", value=counts.handed_back())
         yield CounterMetricFamily("batchserve_worker_deleted_messages",
                                   "Answered request messages deleted from the queue.", value=counts.deleted())
+        yield CounterMetricFamily("batchserve_worker_redelivered_while_held_messages",
+                                  "Request messages SQS delivered again while this worker held them; each was "
+                                  "answered once.", value=counts.redelivered_while_held())

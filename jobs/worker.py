@@ -139,7 +139,8 @@ class Worker:
         holdings = Holdings(aws, requests_url, self.settings.queue.visibility_timeout_s, ledger.settled_total)
         self.metrics.watch(serving, drift, MessageCounts(
             held=holdings.__len__, answered=lambda: self.answered_total, handed_back=lambda: self.handed_back_total,
-            deleted=lambda: holdings.deleted_total))
+            deleted=lambda: holdings.deleted_total,
+            redelivered_while_held=lambda: holdings.redelivered_while_held_total))
         protection.watch(holdings.__len__)
         responder = Responder(aws, self.names, responses_url, self.keep_trying)
         handler = Handler(serving, aws, self.names, self.settings.worker, responder, ledger, self.keep_trying)
@@ -230,8 +231,11 @@ class Worker:
             capacity.release(wanted - len(messages))
             for raw in messages:
                 held = HeldMessage.from_sqs(raw)
-                holdings.add(held)
-                self._spawn(self._handle(held, holdings, handler, capacity), f"message-{held.message_id}")
+                if holdings.add(held):
+                    self._spawn(self._handle(held, holdings, handler, capacity), f"message-{held.message_id}")
+                else:
+                    capacity.release()
+                    log.info("message %s delivered again while held; it is answered once", held.message_id)
 
     async def _after_failed_receive(self, exc: Exception, backoff: Backoff) -> None:
         delay = backoff.next_delay()

@@ -345,6 +345,7 @@ async def test_the_metrics_port_exports_batches_drift_and_message_counts(
     assert metrics[("batchserve_worker_answered_messages_total", ())] == len(messages)
     assert metrics[("batchserve_worker_deleted_messages_total", ())] == len(messages)
     assert metrics[("batchserve_worker_held_messages", ())] == 0
+    assert metrics[("batchserve_worker_redelivered_while_held_messages_total", ())] == 0
     assert metrics[("batchserve_batch_size_sum", (*model, ("version", "1")))] == len(messages)
     # The first four answers are the reference, the last four fill the window.
     assert metrics[("batchserve_drift_reference_answers", model)] == 4
