@@ -29,6 +29,7 @@ from onnx import TensorProto, helper, numpy_helper
 from batchserve.model_repo.efficientnet import INPUT_NAME, OUTPUT_NAME, emit_efficientnet_lite0, fold_efficientnet_lite0
 from batchserve.model_repo.errors import ModelRepoError
 from batchserve.model_repo.labels import format_labels, load_imagenet_labels
+from batchserve.model_repo.repository import DEFAULT_REPOSITORY
 from batchserve.model_repo.synthetic import build_tiny
 from batchserve.model_repo.weights import efficientnet_lite0_weights_path, load_legacy_torch_state_dict
 
@@ -125,6 +126,18 @@ class _ModelSettings:
     builder: str
     labels: str
     variant: str | None = None
+
+
+def _adopt_shipped_config(model_dir: Path, name: str, progress: Progress) -> None:
+    """A model the package ships a configuration for, built into another repository, starts from
+    that configuration: without it the variant (int8) would be unknown and the model unservable."""
+    shipped = DEFAULT_REPOSITORY / name / "config.toml"
+    target = model_dir / "config.toml"
+    if target.exists() or not shipped.is_file() or model_dir.resolve() == shipped.parent.resolve():
+        return
+    model_dir.mkdir(parents=True, exist_ok=True)
+    _write_atomically(target, shipped.read_bytes())
+    progress(f"wrote {target} (the configuration batchserve ships for {name})")
 
 
 def _model_settings(model_dir: Path, name: str) -> _ModelSettings:
@@ -246,6 +259,7 @@ def build_model(
     if variant not in VARIANTS:
         raise BuildError(f"unknown variant {variant!r}; known variants: {', '.join(VARIANTS)}")
     model_dir = repo / name
+    _adopt_shipped_config(model_dir, name, progress)
     settings = _model_settings(model_dir, name)
     builder_name, labels_file = settings.builder, settings.labels
     builder = BUILDERS.get(builder_name)
