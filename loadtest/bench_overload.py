@@ -42,7 +42,7 @@ from batchserve.loadtest.bench_overload_client import DRAIN_S, MARKER, REQUEST_T
 from batchserve.loadtest.bench_report import machine, run_and_print
 from batchserve.loadtest.http_load import LoadClientError, LoadResult, run_wrk, wrk_available
 from batchserve.loadtest.samples import SAMPLE_PHOTO
-from batchserve.loadtest.server_process import ServerProcess, start_server
+from batchserve.loadtest.server_process import ServerProcess, start_server, start_servers
 from batchserve.model_repo.repository import DEFAULT_REPOSITORY
 
 GOODPUT_TARGET = 0.9  # open loop: goodput over saturated throughput, at least
@@ -312,17 +312,18 @@ def summarise_target(target: Target) -> dict[str, Any]:
 
 
 def start_targets(settings: OverloadSettings, scratch: Path) -> list[Target]:
-    targets = [Target(settings.model, start_server(
-        ["--models", settings.model, "--model-repo", str(settings.model_repo.resolve()), *settings.server_args],
-        log_dir=scratch), settings.model, settings.image)]
-    if settings.simulate_cost:
-        sim = start_server(["--simulate-model", settings.simulate_cost, *settings.server_args], log_dir=scratch)
-        targets.append(Target("simulated", sim, "simulated", settings.sim_image or small_jpeg(scratch)))
-    return targets
+    model_args = ["--models", settings.model, "--model-repo", str(settings.model_repo.resolve()), *settings.server_args]
+    if not settings.simulate_cost:
+        return [Target(settings.model, start_server(model_args, log_dir=scratch), settings.model, settings.image)]
+    model_server, sim = start_servers(
+        [model_args, ["--simulate-model", settings.simulate_cost, *settings.server_args]], log_dir=scratch)
+    return [Target(settings.model, model_server, settings.model, settings.image),
+            Target("simulated", sim, "simulated", settings.sim_image or small_jpeg(scratch))]
 
 
 def warm_up(target: Target, settings: OverloadSettings) -> None:
-    run_client(target.url, target.image, "closed", 1.0, concurrency=settings.saturation_concurrency)
+    seconds = min(1.0, settings.duration)
+    run_client(target.url, target.image, "closed", seconds, concurrency=settings.saturation_concurrency)
     wait_idle(target.server, target.model)
 
 

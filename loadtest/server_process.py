@@ -62,14 +62,19 @@ class ServerProcess:
             raise RuntimeError("the server has not been started")
         return self._process
 
-    def start(self, timeout: float | None = None) -> ServerProcess:
-        """Start the child and wait until it is ready; on failure it is stopped and ServerStartError raised."""
+    def launch(self) -> ServerProcess:
+        """Start the child without waiting for it (see `wait_ready`)."""
         self.cwd.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("wb") as log:
             self._process = subprocess.Popen(
                 serve_command(self.python, self.port, self.args), stdout=log, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL, cwd=self.cwd, env=self.env,
             )
+        return self
+
+    def start(self, timeout: float | None = None) -> ServerProcess:
+        """Start the child and wait until it is ready; on failure it is stopped and ServerStartError raised."""
+        self.launch()
         try:
             self.wait_ready(self.ready_timeout if timeout is None else timeout)
         except BaseException:
@@ -131,3 +136,18 @@ def start_server(args: Sequence[str], *, log_dir: Path | None = None, ready_time
                  env: Mapping[str, str] | None = None) -> ServerProcess:
     """Start `batchserve serve <args>` in `log_dir` on a free port and wait until /readyz answers 200."""
     return ServerProcess(*args, env=env, cwd=log_dir, ready_timeout=ready_timeout).start()
+
+
+def start_servers(arg_lists: Sequence[Sequence[str]], *, log_dir: Path | None = None,
+                  ready_timeout: float = 90.0) -> list[ServerProcess]:
+    """Start several servers at once (their imports and model loads overlap) and wait until all are
+    ready; if one fails, all are stopped and ServerStartError raised."""
+    servers = [ServerProcess(*args, cwd=log_dir, ready_timeout=ready_timeout).launch() for args in arg_lists]
+    try:
+        for server in servers:
+            server.wait_ready(ready_timeout)
+    except BaseException:
+        for server in servers:
+            server.stop(timeout=5)
+        raise
+    return servers

@@ -3,23 +3,25 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from batchserve.client.http import request_json
 from batchserve.loadtest.bench_overload import rss_kib, run_client
 from batchserve.loadtest.http_load import run_wrk, wrk_available
 from batchserve.loadtest.samples import SAMPLE_PHOTO
-from batchserve.loadtest.server_process import ServerProcess
+from batchserve.loadtest.server_process import ServerProcess, ServerStartError, start_servers
 
 
 @pytest.mark.slow
 def test_overload_bench_reports_every_measurement(built_models: Path, tmp_path: Path) -> None:
     out = tmp_path / "overload.json"
     command = [sys.executable, "-m", "batchserve", "bench", "--overload", "--duration", "0.5", "--repeats", "1",
-               "--model", "tiny", "--model-repo", str(built_models), "--simulate-cost", "5+0.5",
+               "--model", "tiny", "--model-repo", str(built_models), "--simulate-cost", "off",
                "--saturation-concurrency", "4", "--storm-connections", "16", "--json", str(out)]
     proc = subprocess.run(command, capture_output=True, text=True, timeout=400, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -29,7 +31,7 @@ def test_overload_bench_reports_every_measurement(built_models: Path, tmp_path: 
     assert report["settings"]["storm_client"] in ("wrk", "python")
     assert set(report["targets"]) == {"goodput_ratio_min", "refusal_p99_ms_max", "rss_growth_mib_max",
                                       "storm_goodput_ratio_min"}
-    assert set(report["servers"]) == {"tiny", "simulated"}
+    assert set(report["servers"]) == {"tiny"}  # the simulated server runs the same rounds
     for server in report["servers"].values():
         assert server["saturation_per_s"] > 0 and server["image_bytes"] > 0 and len(server["rounds"]) == 1
         open_loop, storm = server["open_loop"], server["retry_storm"]
@@ -52,6 +54,25 @@ def test_overload_bench_reports_every_measurement(built_models: Path, tmp_path: 
     assert "open loop, " in proc.stdout and "retry storm, 16 connections" in proc.stdout
     assert "goodput" in proc.stdout and "refusal p99" in proc.stdout and "RSS growth" in proc.stdout
     assert "refusals paced by the server" in proc.stdout
+
+
+def test_servers_started_together_are_all_ready_or_all_stopped(tmp_path: Path) -> None:
+    servers = start_servers([["--simulate-model", "1+0", "--no-events"]] * 2, log_dir=tmp_path)
+    try:
+        assert len({s.url for s in servers}) == 2
+        assert all(request_json(s.url + "/readyz", timeout=5)["status"] == "ready" for s in servers)
+    finally:
+        for server in servers:
+            server.stop()
+    with pytest.raises(ServerStartError, match="does not exist"):
+        start_servers([["--model-repo", str(tmp_path / "none")], ["--simulate-model", "1+0", "--no-events"]],
+                      log_dir=tmp_path)
+    assert _children() == []  # the one that would have started was stopped too
+
+
+def _children() -> list[str]:
+    pid = os.getpid()
+    return Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
 
 
 @pytest.mark.parametrize(
