@@ -1,14 +1,14 @@
-"""S3 and SQS clients for queue mode, and what their errors mean.
+"""S3 and SQS clients for queue mode.
 
-Clients are aioboto3's (aiobotocore underneath): every call is a coroutine on the event loop.
-botocore retries a failed call a few times itself; what still fails is sorted here into "missing"
-(the object or queue is not there: answer the request with that) and "unavailable" (S3 or SQS
-cannot be reached or failed on its side: wait and try again, keeping the message).
+Clients are aioboto3's (aiobotocore underneath): every call is a coroutine on the event loop. The
+calls made for every image take a shorter path of their own (jobs/short_path.py), with the same
+endpoint, region and credentials: reading an image and writing a result or an upload
+(`objects`, jobs/s3_objects.py), sending, receiving and deleting messages (`sqs`'s message calls,
+jobs/sqs_calls.py). What failures mean is jobs/aws_errors.py's to say.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 from collections.abc import AsyncIterator, Mapping
@@ -16,48 +16,24 @@ from dataclasses import dataclass
 from typing import Any
 
 import aioboto3
-import aiohttp
 from aiobotocore.config import AioConfig
-from botocore.exceptions import BotoCoreError, ClientError
+from aiobotocore.session import AioSession
 
+from batchserve.jobs.aws_errors import CONNECT_TIMEOUT_S, READ_TIMEOUT_S, error_code, is_missing, is_unavailable
 from batchserve.jobs.config import MAX_WAIT_TIME_S, QueueLocation
+from batchserve.jobs.s3_objects import ObjectStore
+from batchserve.jobs.sqs_calls import Sqs
 
-# Codes that say an object, bucket or queue does not exist.
-_MISSING = {"NoSuchKey", "NoSuchBucket", "404", "NotFound", "QueueDoesNotExist",
-            "AWS.SimpleQueueService.NonExistentQueue"}
-# Codes of a service that is busy or failing on its side (besides any 5xx status).
-_TRANSIENT = {"Throttling", "ThrottlingException", "RequestThrottled", "SlowDown", "RequestTimeout",
-              "ServiceUnavailable", "InternalError", "InternalFailure", "RequestTimeTooSkewed"}
-CONNECT_TIMEOUT_S = 5
-# Seconds without a byte from S3 or SQS before botocore gives up on an attempt; a long poll gets its
-# wait on top.
-READ_TIMEOUT_S = 10
-
-
-def error_code(exc: BaseException) -> str | None:
-    if isinstance(exc, ClientError):
-        return str(exc.response.get("Error", {}).get("Code", "")) or None
-    return None
-
-
-def is_missing(exc: BaseException) -> bool:
-    return isinstance(exc, ClientError) and error_code(exc) in _MISSING
-
-
-def is_unavailable(exc: BaseException) -> bool:
-    """True for failures that may pass: no connection, a timeout, throttling, a 5xx."""
-    if isinstance(exc, ClientError):
-        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-        return error_code(exc) in _TRANSIENT or (isinstance(status, int) and status >= 500)
-    return isinstance(exc, BotoCoreError | aiohttp.ClientError | OSError | asyncio.TimeoutError)
+__all__ = ["AwsClients", "connect", "error_code", "is_missing", "is_unavailable"]
 
 
 @dataclass
 class AwsClients:
-    """The two clients a queue-mode process talks through."""
+    """The clients a queue-mode process talks through."""
 
-    s3: Any
-    sqs: Any
+    s3: Any  # aiobotocore's
+    sqs: Sqs  # aiobotocore's, its message calls on the short path
+    objects: ObjectStore  # single-object reads and writes, on the short path
 
 
 @contextlib.asynccontextmanager
@@ -72,8 +48,17 @@ async def connect(config: QueueLocation, *, connections: int = 10,
     s3_config = AioConfig(read_timeout=READ_TIMEOUT_S, s3={"addressing_style": "path" if endpoint else "auto"},
                           **common)
     sqs_config = AioConfig(read_timeout=MAX_WAIT_TIME_S + READ_TIMEOUT_S, **common)  # the longest poll
-    session = aioboto3.Session()
+    core = AioSession()
+    session = aioboto3.Session(botocore_session=core)
     where: dict[str, Any] = {"endpoint_url": endpoint, "region_name": config.region(environ)}
     async with session.client("s3", config=s3_config, **where) as s3, \
             session.client("sqs", config=sqs_config, **where) as sqs:
-        yield AwsClients(s3=s3, sqs=sqs)
+        # The session keeps the credentials its clients found: the short path signs with the same.
+        credentials = await core.get_credentials()
+        objects = ObjectStore(s3, credentials, connections=connections)
+        queues = Sqs(sqs, credentials, connections=connections)
+        try:
+            yield AwsClients(s3=s3, sqs=queues, objects=objects)
+        finally:
+            await objects.close()
+            await queues.close()

@@ -14,13 +14,10 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from batchserve.jobs.config import QueueConfig, QueueSettings, WorkerSettings
-from batchserve.jobs.options import QUEUE_OPTIONS, WORKER_OPTIONS, queue_settings, worker_settings
+from batchserve.jobs.options import QUEUE_OPTIONS, WORKER_OPTIONS, exported_settings, queue_settings, worker_settings
 from batchserve.serving.options import add_flags
 
 Settings = TypeVar("Settings", QueueSettings, WorkerSettings)
-
-# Settings `queue up` prints for the web tier and the workers (the environment they read).
-_EXPORTED = ("queue_name", "input_bucket", "output_bucket", "aws_endpoint_url", "aws_region")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -100,12 +97,8 @@ def _up(args: argparse.Namespace) -> int:
             print(f"created {name}", file=sys.stderr)
         for name in changes.kept:
             print(f"exists  {name}", file=sys.stderr)
-        names = config.names
-        values = {"queue_name": names.name, "input_bucket": names.input_bucket, "output_bucket": names.output_bucket,
-                  "aws_endpoint_url": config.endpoint_url(), "aws_region": config.region()}
-        for option in QUEUE_OPTIONS:
-            if option.name in _EXPORTED and values.get(option.name):
-                print(f"{option.env}={values[option.name]}")
+        for env, value in exported_settings(config).items():
+            print(f"{env}={value}")
         return 0
 
     return _run_queue_command(args, action)

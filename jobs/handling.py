@@ -13,6 +13,7 @@ An image of a cancelled job is answered `cancelled` before its image is read: no
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -139,23 +140,19 @@ class Handler:
 
     async def _read_image(self, request: RequestMessage) -> ImageInput:
         where = f"s3://{request.image_bucket}/{request.image_key}"
-
-        async def fetch() -> tuple[bytes, str]:
-            answer = await self.aws.s3.get_object(Bucket=request.image_bucket, Key=request.image_key)
-            async with answer["Body"] as stream:
-                size = int(answer.get("ContentLength") or 0)
-                if size > self.config.max_image_bytes:
-                    raise PayloadTooLarge(f"the image at {where} is {size} bytes, more than the "
-                                          f"{self.config.max_image_bytes} this worker reads")
-                return await stream.read(), str(answer.get("ContentType") or "")
-
+        limit = self.config.max_image_bytes
         try:
-            data, content_type = await retrying(fetch, f"reading {where}", log, self.keep_trying)
+            stored = await retrying(lambda: self.aws.objects.get(request.image_bucket, request.image_key, limit),
+                                    f"reading {where}", log, self.keep_trying)
         except ClientError as exc:
             if is_missing(exc):
                 raise ImageNotFound(f"no image at {where}") from None
             raise
-        return ImageInput(data, request.image_file_name, content_type if content_type.startswith("image/") else None)
+        if stored.size > limit:
+            raise PayloadTooLarge(f"the image at {where} is {stored.size} bytes, more than the {limit} this worker "
+                                  "reads")
+        content_type = stored.content_type if stored.content_type.startswith("image/") else None
+        return ImageInput(stored.data, request.image_file_name, content_type)
 
     async def _answer_malformed(self, held: HeldMessage, exc: MalformedMessage) -> Outcome:
         """Answered on NAME-responses (or the reply queue it names, when that is valid), and stored
@@ -181,23 +178,22 @@ class Handler:
 
     async def _deliver(self, result: Result, key: str | None, destination: str | None) -> Outcome:
         """Store the result object and answer; the event was recorded just before. A synchronous
-        request's client waits for the answer, not the object, so both go out at once; a job's
-        answer follows its object, so whoever reads the answer finds the object too."""
+        request's client waits for the answer, not the object, so the answer goes out first and the
+        object at the same time; a job's answer follows its object, so whoever reads the answer
+        finds the object too. Either way the message is deleted only once both are done."""
         event_number = self.ledger.put_total
         body = encode(result)
-        stored: asyncio.Future[object] | None = None
-        if key is not None:
-            stored = asyncio.ensure_future(retrying(
-                lambda: self.aws.s3.put_object(Bucket=self.names.output_bucket, Key=key, Body=body,
-                                               ContentType="application/json"),
-                f"writing s3://{self.names.output_bucket}/{key}", log, self.keep_trying))
-            if result.job_id is not None or destination is None:
-                await stored
+        store = None if key is None else functools.partial(self._store, key, body)
+        if store is not None and (result.job_id is not None or destination is None):
+            await store()
+            store = None
         if destination is None:
             log.info("the reply queue of request %s is gone; its result is stored only", result.request_id)
             return Answered(event_number)
+        answer = self.responder.enqueue(destination, body.decode())
+        stored = None if store is None else asyncio.ensure_future(store())
         try:
-            await self.responder.send(destination, body.decode())
+            await answer
         except ReplyQueueGone:
             log.info("the reply queue of request %s is gone; its result is stored only", result.request_id)
         except GaveUp:
@@ -211,6 +207,10 @@ class Handler:
         if stored is not None:
             await stored  # fails as a store before the answer would: the message is delivered again
         return Answered(event_number)
+
+    async def _store(self, key: str, body: bytes) -> None:
+        await retrying(lambda: self.aws.objects.put(self.names.output_bucket, key, body, "application/json"),
+                       f"writing s3://{self.names.output_bucket}/{key}", log, self.keep_trying)
 
 
 def _worker_ms(held: HeldMessage) -> float:

@@ -32,7 +32,7 @@ import aioboto3
 import aiohttp
 from aiobotocore.config import AioConfig
 
-from batchserve.jobs.aws import CONNECT_TIMEOUT_S, READ_TIMEOUT_S
+from batchserve.jobs.aws_errors import CONNECT_TIMEOUT_S, READ_TIMEOUT_S
 from batchserve.jobs.backoff import CALL_TIMEOUT_S, Backoff
 from batchserve.jobs.config import WorkerConfig
 

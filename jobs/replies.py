@@ -73,11 +73,16 @@ class Responder:
     async def send(self, url: str, body: str) -> None:
         """Send `body` to the queue at `url` (batched with other responses to it). Raises
         ReplyQueueGone when the queue no longer exists, GaveUp when SQS stayed away until shutdown."""
+        await self.enqueue(url, body)
+
+    def enqueue(self, url: str, body: str) -> asyncio.Future[None]:
+        """`send`, under way before this returns (its call starts ahead of whatever is started after
+        it): the future says how it went."""
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         lane = self._lanes.setdefault(url, _Lane())
         lane.waiting.append((body, done))
         self._pump(url, lane)
-        await done
+        return done
 
     def _pump(self, url: str, lane: _Lane) -> None:
         while lane.waiting and lane.sending < SENDS_PER_QUEUE:

@@ -167,8 +167,7 @@ class QueueBackend:
         """Stores `data` (when given) at the message's image key and sends the message to NAME-requests.
         Raises what S3/SQS raised: `is_unavailable` tells an outage."""
         if data is not None:
-            extra = {"ContentType": content_type} if content_type else {}
-            await self.aws.s3.put_object(Bucket=message.image_bucket, Key=message.image_key, Body=data, **extra)
+            await self.aws.objects.put(message.image_bucket, message.image_key, data, content_type)
         assert self._sender is not None
         await self._sender.send(self._requests_url, encode(message).decode())
 

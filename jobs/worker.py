@@ -5,9 +5,9 @@ message they bring goes, as its own submission, to the same in-process batcher t
 uses, so batches fill from the queue as they fill from HTTP. A message is held from receipt to
 deletion (jobs/held.py) and answered by jobs/handling.py.
 
-SIGTERM drains: receiving stops, what is held is finished within the shutdown grace, events are
-flushed, answered messages are deleted and the rest handed back to the queue. A second SIGINT
-gives up waiting.
+SIGTERM drains: receiving stops (a receive under way may still bring in what it took), what is
+held is finished within the shutdown grace, events are flushed, answered messages are deleted and
+the rest handed back to the queue. A second SIGINT gives up waiting.
 """
 
 from __future__ import annotations
@@ -46,6 +46,9 @@ CLOSE_SHARE = 0.3
 # Connections beyond the long polls: reads, writes, responses, deletes and extensions in flight.
 EXTRA_CONNECTIONS = 32
 GRACE_CHECK_S = 0.1
+# Once the drain begins, how long a receive under way may take to bring in its messages (a long poll
+# of an empty queue takes longer and is cancelled: it had nothing).
+RECEIVE_SETTLE_S = 0.5
 _RECEIVE_ATTRIBUTES = ["ApproximateReceiveCount", "SentTimestamp"]
 
 
@@ -154,7 +157,11 @@ class Worker:
                  len(pollers), self.names.requests, self.settings.queue.receive_max_messages, capacity.limit,
                  ", ".join(serving.registry.names()))
         await self._stop.wait()
-        for task in [*pollers, dead_letters]:
+        dead_letters.cancel()
+        # A receive under way may be bringing messages in: held, they are finished or handed back at
+        # once; cancelled, its answer is lost and they stay hidden until their visibility timeout.
+        _, still_polling = await asyncio.wait(pollers, timeout=RECEIVE_SETTLE_S)
+        for task in still_polling:
             task.cancel()
         await asyncio.gather(*pollers, dead_letters, return_exceptions=True)
         await self._finish_held()
@@ -213,6 +220,9 @@ class Worker:
         backoff = Backoff()
         while not self._stop.is_set():
             wanted = await capacity.reserve(queue.receive_max_messages)
+            if self._stop.is_set():  # the drain began while this poll waited for room
+                capacity.release(wanted)
+                break
             try:
                 answer = await aws.sqs.receive_message(
                     QueueUrl=url, MaxNumberOfMessages=wanted, WaitTimeSeconds=queue.wait_time_s,

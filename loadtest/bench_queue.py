@@ -1,22 +1,29 @@
 """`batchserve bench --queue`: what queue mode costs against direct mode, on this machine.
 
-It starts its own S3 + SQS (moto's server, on the same cores), `batchserve queue up`, one
-`batchserve worker`, a direct-mode server and a queue-mode web tier in front of that worker
-(events off everywhere), then measures in rounds, each side next to the other (this machine's CPU
-speed jumps by about 2.5x within seconds, so only measurements taken side by side compare):
+It starts its own S3 + SQS (moto's server behind uvicorn, loadtest/moto_server.py), the deployment
+(what `batchserve queue up` does), one `batchserve worker`, a direct-mode server and a queue-mode
+web tier in front of that worker (events off everywhere). With two CPUs or more (and without
+`--no-pin`) it pins them once each is ready, so that moto's CPU is not counted as ours: moto and
+the web tier on the first CPU; the worker, the direct server and the in-process reference on the
+last. Without pinning everything shares every CPU. Then it measures in rounds, each side next to
+the other (this machine's CPU speed jumps by about 2.5x within seconds, so only measurements taken
+side by side compare):
   (a) the acceptance workload (50 labelled photos at once, loadtest/workload.py) through the web
       tier and through the direct server, in alternating order: wall time of each, and the ratio;
   (b) the worker draining a backlog of `--backlog` request messages at full speed (the worker is
       stopped while they are queued, then let go; the drain ends with the last response's
-      SentTimestamp) over the in-process limit (decode + infer as `batchserve bench` measures it),
-      measured just before and just after: target >= 0.9. moto's own CPU time during the drain is
-      reported beside it, since it shares the two cores with the worker;
+      SentTimestamp; the answers are read as they come, as a web tier reads them) over the
+      in-process limit (decode + infer as `batchserve bench` measures it), measured just before and
+      just after, on the worker's CPU when pinned: target >= 0.9. Beside it the CPU per image of
+      the worker, of the in-process pipeline (their ratio is what the worker's own CPU allows,
+      whatever else runs) and of moto;
   (c) at concurrency 1, POST /v1/classify of one photo through the web tier and through the direct
       server, alternating: the added p50 (target < 25 ms), and beside it, to tell moto's share from
       ours, (c1) the same seven S3/SQS calls a queued image makes (put, send, receive, get, put,
-      send, receive) made back to back by this process against the same moto, and (c2) the round
-      trip through the worker without the web tier (put + send here, the worker, the reply
-      received here), with the worker's own time for the image taken from its answer.
+      send, receive) made back to back by this process, through the clients the tiers use, against
+      the same moto, and (c2) the round trip through the worker without the web tier (put + send
+      here, the worker, the reply received here), with the worker's own time for the image taken
+      from its answer.
 """
 
 from __future__ import annotations
@@ -47,6 +54,7 @@ class QueueBenchSettings:
     model_repo: Path = DEFAULT_REPOSITORY
     image: Path = SAMPLE_PHOTO
     workload_images: Path = SAMPLE_IMAGES
+    pin: bool = True  # moto and the web tier on one CPU, the model's processes on another
 
     def __post_init__(self) -> None:
         if self.duration <= 0 or self.repeats < 1:
@@ -95,6 +103,9 @@ def summarise(settings: QueueBenchSettings, samples: dict[str, list[Any]], info:
             "moto_cpu_s_per_image": _median([w["moto_cpu_s"] / w["images"] for w in workers]),
             "worker_cpu_s_per_image": _median([w["worker_cpu_s"] / w["images"] for w in workers]),
             "limit_cpu_s_per_image": _median([w["limit_cpu_s_per_image"] for w in workers]),
+            # What the worker's own CPU allows, whatever else ran: in-process CPU per image over the worker's.
+            "cpu_ratio": _median([w["limit_cpu_s_per_image"] * w["images"] / w["worker_cpu_s"] for w in workers
+                                  if w["worker_cpu_s"] > 0]),
             "errors": sum(w["errors"] for w in workers),
             "samples": workers,
         },
@@ -120,15 +131,30 @@ def _met(ok: bool) -> str:
     return "met" if ok else "MISSED"
 
 
+def where(pinning: dict[str, list[int]] | None, cpus: int) -> str:
+    """Where the parts ran, in words."""
+    if pinning is None:
+        return f"not pinned: moto, the web tier, the worker, the direct server and the in-process reference share " \
+               f"the {cpus} cpus"
+    return (f"pinned: moto and the web tier on cpu {_cpus(pinning['moto'])}; the worker, the direct server and the "
+            f"in-process reference on cpu {_cpus(pinning['worker'])}")
+
+
+def _cpus(cpus: list[int]) -> str:
+    return ",".join(str(c) for c in cpus)
+
+
 def render(report: dict[str, Any]) -> str:
     s, m, t = report["settings"], report["machine"], report["targets"]
     w, k, c = report["workload"], report["worker"], report["latency"]
     p = c["p50_ms"]
+    pinned = m["pinning"] is not None
     return "\n".join([
         f"batchserve bench --queue {report['date']}: {s['model']}, {m['cpus']} cpus ({m['processor']}), "
-        f"moto {m['moto']} on the same cores, one worker, events off, {s['repeats']} rounds, {s['duration']:g} s "
+        f"moto {m['moto']}, one worker, events off, {s['repeats']} rounds, {s['duration']:g} s "
         f"per measurement; load average {m['load_average_1m']['before']:.1f} before the start, "
         f"{m['load_average_1m']['end']:.1f} at the end",
+        where(m["pinning"], m["cpus"]),
         "",
         f"(a) the workload: {w['images']} labelled photos at once (medians of the rounds)",
         f"    web tier -> queue -> worker  {_fmt(w['web_seconds'], '.2f'):>6} s   answered "
@@ -141,9 +167,10 @@ def render(report: dict[str, Any]) -> str:
         f"    worker {_fmt(k['images_per_s'])} images/s, in-process limit {_fmt(k['limit_images_per_s'])} images/s "
         f"(batch {s['limit_batch_size']}): ratio {_fmt(k['ratio'], '.2f')} (target >= {t['worker_ratio_min']}) "
         f"{_met(t['worker_ratio_met'])}; error answers: {k['errors']}",
-        f"    CPU per image: in process {_fmt(_ms(k['limit_cpu_s_per_image']))} ms; the worker "
-        f"{_fmt(_ms(k['worker_cpu_s_per_image']))} ms and moto {_fmt(_ms(k['moto_cpu_s_per_image']))} ms, on the "
-        f"same {m['cpus']} cores",
+        f"    CPU per image: in process {_fmt(_ms(k['limit_cpu_s_per_image']))} ms, the worker "
+        f"{_fmt(_ms(k['worker_cpu_s_per_image']))} ms (ratio {_fmt(k['cpu_ratio'], '.2f')}); moto "
+        f"{_fmt(_ms(k['moto_cpu_s_per_image']))} ms " + ("on a cpu of its own" if pinned else
+                                                       f"on the same {m['cpus']} cpus"),
         "",
         "(c) one image at a time (POST /v1/classify, concurrency 1), p50 ms",
         f"    web tier {_fmt(p['web'])}, direct {_fmt(p['direct'])}: added {_fmt(c['added_p50_ms'])} "
@@ -151,7 +178,8 @@ def render(report: dict[str, Any]) -> str:
         f"    of it, moto: the 7 S3/SQS calls of a queued image, made in turn from one process "
         f"{_fmt(p['chain'])}; the rest (ours) {_fmt(c['ours_ms'])}",
         "      per call: " + ", ".join(f"{k} {_fmt(v)}" for k, v in c["chain_steps_p50_ms"].items() if k != "total"),
-        f"      CPU of the 7 calls: the calling process (aiobotocore) {_fmt(c['chain_cpu_ms']['client_cpu'])}, "
+        f"      CPU of the 7 calls: the calling process (the tiers' S3/SQS clients) "
+        f"{_fmt(c['chain_cpu_ms']['client_cpu'])}, "
         f"moto {_fmt(c['chain_cpu_ms']['moto_cpu'])}",
         f"    through the worker without the web tier {_fmt(p['through_worker'])} (the worker's own, receipt to "
         f"answer: {_fmt(p['worker_own'])})",
@@ -170,6 +198,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "--model-repo, --image, --json)")
     parser.add_argument("--backlog", type=int, default=QueueBenchSettings.backlog,
                         help="with --queue: request messages the worker drains in each round")
+    parser.add_argument("--no-pin", dest="pin", action="store_false",
+                        help="with --queue: leave every process on every cpu (by default moto and the web tier run "
+                             "on the first cpu, the worker, the direct server and the in-process reference on the "
+                             "last)")
 
 
 def run_from_args(args: argparse.Namespace) -> int:
@@ -177,7 +209,7 @@ def run_from_args(args: argparse.Namespace) -> int:
 
     try:
         settings = QueueBenchSettings(duration=args.duration, repeats=args.repeats, backlog=args.backlog,
-                                      model=args.model, model_repo=args.model_repo, image=args.image)
+                                      model=args.model, model_repo=args.model_repo, image=args.image, pin=args.pin)
     except ValueError as exc:
         print(f"batchserve bench: {exc}", file=sys.stderr)
         return 2

@@ -21,14 +21,16 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from batchserve.jobs import resources
 from batchserve.jobs.aws import AwsClients, connect
-from batchserve.jobs.config import QueueLocation, ResourceNames
+from batchserve.jobs.config import QueueConfig, QueueLocation, ResourceNames
 from batchserve.jobs.messages import Prediction, RequestMessage, Result, Timing, decode_result, encode
+from batchserve.jobs.options import exported_settings
 from batchserve.loadtest.bench import content_type
 from batchserve.loadtest.bench_queue import WORKLOAD_IMAGES, QueueBenchSettings, summarise
 from batchserve.loadtest.bench_report import machine
 from batchserve.loadtest.http_load import LoadClientError
-from batchserve.loadtest.moto_server import MotoServer
+from batchserve.loadtest.moto_server import MotoServer, pin_process
 from batchserve.loadtest.server_process import ServerProcess, ServerStartError
 from batchserve.loadtest.workload import LabelledImage, WorkloadError, load_manifest
 from batchserve.loadtest.workload import run as run_workload
@@ -39,11 +41,61 @@ if TYPE_CHECKING:  # ONNX Runtime loads only when a bench runs
 WORKLOAD_TIMEOUT_S = 120.0
 START_TIMEOUT_S = 120.0
 LIMIT_BATCH_SIZES = (8, 16, 32)
-DRAIN_POLL_S = 0.25  # how often the drain's end is looked for (its time comes from the messages)
 BACKLOG_SENDS_AT_ONCE = 8
 
 
 # ---- processes --------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Pinning:
+    """Which CPUs the bench's parts run on. Pinned: moto and the web tier on one CPU (the services'),
+    the model's processes (the worker, the direct server and the in-process reference) on another,
+    so the worker's ratio compares one CPU running the worker with the same CPU running the model in
+    process, and moto's CPU comes from neither. Not pinned (`None`): every part shares every CPU.
+    The bench's own client is never pinned."""
+
+    services: tuple[int, ...] | None = None
+    model: tuple[int, ...] | None = None
+
+    @classmethod
+    def choose(cls, pin: bool) -> Pinning:
+        cpus = sorted(os.sched_getaffinity(0))
+        if not pin or len(cpus) < 2:
+            return cls()
+        return cls((cpus[0],), (cpus[-1],))
+
+    def describe(self) -> dict[str, list[int]] | None:
+        if self.services is None or self.model is None:
+            return None
+        services, model = list(self.services), list(self.model)
+        return {"moto": services, "web_tier": services, "worker": model, "direct": model, "in_process": model}
+
+
+@contextlib.contextmanager
+def running_on(cpus: tuple[int, ...] | None) -> Iterator[None]:
+    """Every thread of this process on `cpus` for the block (None: left as it is)."""
+    if cpus is None:
+        yield
+        return
+    before = os.sched_getaffinity(0)
+    pin_process(os.getpid(), cpus)
+    try:
+        yield
+    finally:
+        pin_process(os.getpid(), before)
+
+
+def start_pinned(server: ServerProcess, cpus: tuple[int, ...] | None) -> None:
+    """Wait for a launched `server`, then put it on `cpus`: it starts on every cpu, and the threads it
+    starts later inherit the cpus of the (pinned) thread that starts them."""
+    try:
+        server.wait_ready(server.ready_timeout)
+    except BaseException:
+        server.stop(timeout=5)
+        raise
+    if cpus is not None:
+        pin_process(server.process.pid, cpus)
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of process `pid` so far."""
     with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
@@ -51,22 +103,29 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def queue_up(name: str, env: dict[str, str]) -> dict[str, str]:
-    """`batchserve queue up --name NAME`; the settings it prints."""
-    proc = subprocess.run([sys.executable, "-m", "batchserve", "queue", "up", "--name", name], env=env,
-                          capture_output=True, text=True, timeout=START_TIMEOUT_S, check=False)
-    if proc.returncode != 0:
-        raise ServerStartError(f"`batchserve queue up` failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
-    return dict(line.split("=", 1) for line in proc.stdout.splitlines() if "=" in line)
+def queue_up(name: str, moto: MotoServer) -> dict[str, str]:
+    """What `batchserve queue up --name NAME` does, in this process: the deployment on `moto`, and the
+    settings it prints for the worker and the web tier."""
+    config = QueueConfig(queue_name=name)
+
+    async def up() -> None:
+        async with connect(config) as aws:
+            await resources.up(aws, config)
+
+    with environment(moto.environment()):
+        asyncio.run(up())
+    return exported_settings(config, moto.environment())
 
 
 class WorkerChild:
     """One `batchserve worker ARGS` child, its output in `log_path`."""
 
-    def __init__(self, args: list[str], env: dict[str, str], log_path: Path) -> None:
+    def __init__(self, args: list[str], env: dict[str, str], log_path: Path,
+                 cpus: tuple[int, ...] | None = None) -> None:
         self.command = [sys.executable, "-m", "batchserve", "worker", *args]
         self.env = env
         self.log_path = log_path
+        self.cpus = cpus
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -88,6 +147,8 @@ class WorkerChild:
             if time.monotonic() > deadline:
                 raise ServerStartError(f"the worker was not ready within {timeout:.0f} s:\n{self._log()[-2000:]}")
             time.sleep(0.1)
+        if self.cpus is not None:
+            pin_process(self.pid, self.cpus)
 
     def _log(self) -> str:
         try:
@@ -142,6 +203,7 @@ class Stack:
     direct: ServerProcess
     web: ServerProcess
     inproc: InProcess
+    pinning: Pinning
     photos: list[LabelledImage]
     image: bytes
     content_type: str
@@ -189,27 +251,30 @@ async def _send_all(aws: AwsClients, url: str, bodies: list[str]) -> None:
     await asyncio.gather(*(send(c) for c in chunks))
 
 
-async def _reply_depth(aws: AwsClients, url: str) -> int:
-    answer = await aws.sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages"])
-    return int(answer["Attributes"]["ApproximateNumberOfMessages"])
-
-
-async def _read_answers(aws: AwsClients, url: str, expected: int) -> tuple[float, int]:
+async def _read_answers(aws: AwsClients, url: str, expected: int, timeout_s: float) -> tuple[float, int]:
     """(the latest SentTimestamp, in ms since the epoch; how many were errors) of the `expected`
-    worker answers waiting in `url`."""
+    worker answers to `url`, read (and deleted) as they arrive, as a web tier reads its own: a reply
+    queue left to fill would make each of moto's sends to it slower (moto counts a queue's messages
+    on every send)."""
     seen: set[str] = set()
     latest, errors = 0.0, 0
+    deadline = time.monotonic() + timeout_s
     while len(seen) < expected:
+        if time.monotonic() > deadline:
+            raise LoadClientError(f"the worker answered {len(seen)} of {expected} queued images within "
+                                  f"{timeout_s:.0f} s")
         answer = await aws.sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=1,
                                                VisibilityTimeout=300, MessageSystemAttributeNames=["SentTimestamp"])
         messages = answer.get("Messages", [])
         if not messages:
-            raise LoadClientError(f"only {len(seen)} of {expected} worker answers could be read back")
+            continue
         for m in messages:
             if m["MessageId"] not in seen:
                 seen.add(m["MessageId"])
                 latest = max(latest, float(m["Attributes"]["SentTimestamp"]))
                 errors += decode_result(m["Body"]).failed
+        await aws.sqs.delete_message_batch(QueueUrl=url, Entries=[
+            {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)])
     return latest, errors
 
 
@@ -226,22 +291,19 @@ async def measure_worker(stack: Stack, aws: AwsClients, round_number: int, say: 
                                     reply_to=reply_url)).decode() for i in range(n)]
     try:
         limit_cpu = time.process_time()
-        first = stack.inproc.pipeline_rate(stack.limit_batch, stack.settings.duration)
+        with running_on(stack.pinning.model):
+            first = stack.inproc.pipeline_rate(stack.limit_batch, stack.settings.duration)
         limit_cpu = time.process_time() - limit_cpu
         before = first.per_second
         with stack.worker.paused():
             await _send_all(aws, requests_url, bodies)
             moto_cpu, worker_cpu = cpu_seconds(stack.moto.pid), cpu_seconds(stack.worker.pid)
             started = time.time()
-        deadline = time.monotonic() + max(120.0, n / 2)
-        while await _reply_depth(aws, reply_url) < n:
-            if time.monotonic() > deadline:
-                raise LoadClientError(f"the worker did not answer {n} queued images within {max(120.0, n / 2):.0f} s")
-            await asyncio.sleep(DRAIN_POLL_S)
+        last_ms, errors = await _read_answers(aws, reply_url, n, max(120.0, n / 2))
         moto_cpu, worker_cpu = cpu_seconds(stack.moto.pid) - moto_cpu, cpu_seconds(stack.worker.pid) - worker_cpu
-        last_ms, errors = await _read_answers(aws, reply_url, n)
         seconds = last_ms / 1000.0 - started
-        after = stack.inproc.pipeline_rate(stack.limit_batch, stack.settings.duration).per_second
+        with running_on(stack.pinning.model):
+            after = stack.inproc.pipeline_rate(stack.limit_batch, stack.settings.duration).per_second
     finally:
         await aws.sqs.delete_queue(QueueUrl=reply_url)
     rate = n / seconds
@@ -283,9 +345,9 @@ async def _receive_one(aws: AwsClients, url: str) -> tuple[float, str]:
 
 
 async def _moto_chain(aws: AwsClients, stack: Stack, queue_urls: tuple[str, str], result_body: str) -> dict[str, float]:
-    """The calls of CHAIN_STEPS against moto, from this process, with long polls waiting in moto
-    before each send as the tiers' are: milliseconds per step, and `total`. The messages are deleted
-    afterwards, untimed, as the tiers delete theirs off the path."""
+    """The calls of CHAIN_STEPS against moto, from this process through the clients the tiers use,
+    with long polls waiting in moto before each send as the tiers' are: milliseconds per step, and
+    `total`. The messages are deleted afterwards, untimed, as the tiers delete theirs off the path."""
     bucket, key = stack.names.input_bucket, f"bench/chain-{uuid.uuid4().hex}"
     request_body = encode(RequestMessage(image_id=uuid.uuid4().hex, request_id="bench-chain", image_bucket=bucket,
                                          image_key=key)).decode()
@@ -308,18 +370,12 @@ async def _moto_chain(aws: AwsClients, stack: Stack, queue_urls: tuple[str, str]
         steps[step] = (arrived - started) * 1000.0
         receipts.append(receipt)
 
-    async def read_image() -> None:
-        got = await aws.s3.get_object(Bucket=bucket, Key=key)
-        async with got["Body"] as stream:
-            await stream.read()
-
     try:
-        await timed("put_image", lambda: aws.s3.put_object(Bucket=bucket, Key=key, Body=stack.image,
-                                                           ContentType=stack.content_type))
+        await timed("put_image", lambda: aws.objects.put(bucket, key, stack.image, stack.content_type))
         await via_sqs("request_via_sqs", polls[0], queue_urls[0], request_body)
-        await timed("get_image", read_image)
-        await timed("put_result", lambda: aws.s3.put_object(Bucket=bucket, Key=f"{key}.json",
-                                                            Body=result_body.encode(), ContentType="application/json"))
+        await timed("get_image", lambda: aws.objects.get(bucket, key, len(stack.image)))
+        await timed("put_result", lambda: aws.objects.put(bucket, f"{key}.json", result_body.encode(),
+                                                          "application/json"))
         await via_sqs("answer_via_sqs", polls[1], queue_urls[1], result_body)
     finally:
         for poll in polls:
@@ -422,44 +478,48 @@ def run_queue_bench(settings: QueueBenchSettings, say: Callable[[str], None] = l
         photos = load_manifest(settings.workload_images)
     except WorkloadError as exc:
         raise LoadClientError(str(exc)) from None
+    pinning = Pinning.choose(settings.pin)
     scratch = Path(tempfile.mkdtemp(prefix="batchserve-bench-queue-"))
-    moto = MotoServer(scratch / "moto.log")
+    moto = MotoServer(scratch / "moto.log", cpus=pinning.services)
     started: list[Any] = []
     inproc: InProcess | None = None
     try:
         load_before = os.getloadavg()[0]
         say("starting moto, the deployment, a worker, a direct server and a web tier")
-        moto.start()
-        name = f"bench{uuid.uuid4().hex[:10]}"
-        # The worker and the web tier find the deployment from what `queue up` prints, as in production.
-        exported = queue_up(name, {**os.environ, **moto.environment()})
-        env = {**moto.environment(), **exported}
         repo = ["--models", settings.model, "--model-repo", str(settings.model_repo.resolve()), "--no-events"]
-        worker = WorkerChild(repo, {**os.environ, **env}, scratch / "worker.log")
-        worker.start()
-        started.append(worker)
         direct = ServerProcess(*repo, cwd=scratch / "direct", ready_timeout=START_TIMEOUT_S)
         started.append(direct)
-        direct.start()
-        web = ServerProcess("--backend", "queue", *repo, env=env,
-                            cwd=scratch / "web", ready_timeout=START_TIMEOUT_S)
-        started.append(web)
-        web.start()
-        worker.wait_ready()
+        direct.launch()  # it needs no deployment: it starts while moto does
+        moto.start()
+        name = f"bench{uuid.uuid4().hex[:10]}"
         image = settings.image.read_bytes()
+        # The worker and the web tier find the deployment from what `queue up` prints, as in production.
+        env = {**moto.environment(), **queue_up(name, moto)}
+        worker = WorkerChild(repo, {**os.environ, **env}, scratch / "worker.log", cpus=pinning.model)
+        web = ServerProcess("--backend", "queue", *repo, env=env, cwd=scratch / "web", ready_timeout=START_TIMEOUT_S)
+        started += [worker, web]
+        worker.start()
+        web.launch()
         inproc = InProcess(settings.model, settings.model_repo, image)
-        stack = Stack(settings, moto, ResourceNames.of(name), worker, direct, web, inproc, photos, image,
+        # Each part starts on every cpu and is pinned once ready (its threads with it).
+        for server, cpus in ((direct, pinning.model), (web, pinning.services)):
+            start_pinned(server, cpus)
+        worker.wait_ready()
+        stack = Stack(settings, moto, ResourceNames.of(name), worker, direct, web, inproc, pinning, photos, image,
                       content_type(settings.image))
         say("warming up; choosing the in-process batch size")
-        inproc.warmup(list(LIMIT_BATCH_SIZES))
-        rates = {b: inproc.pipeline_rate(b, min(settings.duration, 2.0)).per_second for b in LIMIT_BATCH_SIZES}
+        with running_on(pinning.model):
+            inproc.warmup(list(LIMIT_BATCH_SIZES))
+            rates = {b: inproc.pipeline_rate(b, min(settings.duration, 2.0) / 2).per_second
+                     for b in LIMIT_BATCH_SIZES}
         stack.limit_batch = max(rates, key=rates.__getitem__)
         with environment(moto.environment()):
             asyncio.run(_measure(settings, stack, say))
         # The load average before anything started and at the end: other work on the machine shows there.
         load = {"before": load_before, "end": os.getloadavg()[0]}
         return summarise(settings, stack.samples, {"machine": {**machine(), "moto": _moto_version(),
-                                                               "load_average_1m": load},
+                                                               "load_average_1m": load,
+                                                               "pinning": pinning.describe()},
                                                    "image_bytes": len(image), "limit_batch_size": stack.limit_batch})
     finally:
         for process in reversed(started):
@@ -486,8 +546,8 @@ async def _measure(settings: QueueBenchSettings, stack: Stack, say: Callable[[st
     location = QueueLocation(queue_name=stack.names.name)
     try:
         async with connect(location, connections=16) as aws:
-            for url in (stack.web.url, stack.direct.url):  # first requests pay for lazy set-up
-                await _workload(url, stack)
+            # First requests pay for lazy set-up; both sides warm up at once, nothing is measured yet.
+            await asyncio.gather(*(_workload(url, stack) for url in (stack.web.url, stack.direct.url)))
             for r in range(settings.repeats):
                 say(f"round {r + 1} of {settings.repeats}")
                 await measure_workload(stack, r, say)

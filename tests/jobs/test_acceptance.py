@@ -7,6 +7,7 @@ them once their visibility runs out, and nothing is lost or doubled. Last, the p
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import signal
@@ -24,7 +25,9 @@ from batchserve.jobs import resources
 from batchserve.jobs.aws import connect
 from batchserve.jobs.config import QueueConfig
 from batchserve.jobs.messages import event_id
+from batchserve.loadtest.samples import SAMPLE_IMAGES
 from batchserve.loadtest.server_process import ServerProcess
+from batchserve.loadtest.workload import load_manifest, report, run, run_job
 from tests.events.conftest import pg_url  # noqa: F401 - a fixture: a Postgres schema of this test's own
 from tests.jobs.queue_helpers import WORKER_READY_TIMEOUT_S, Deployment, WorkerProcess, unique_name, wait_until
 
@@ -32,7 +35,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
 IMAGES = 50  # the workload's default: every photo of the manifest, cycled, all sent at once
 # A killed worker's messages come back after this; the worker extends what it holds every third of it.
-VISIBILITY_TIMEOUT_S = 5
+VISIBILITY_TIMEOUT_S = 3
 WORKLOAD_TIMEOUT_S = 120
 SETTLE_TIMEOUT_S = 30
 # CPU seconds a worker spends within a moment only once it has received images to read and decode
@@ -108,14 +111,15 @@ async def queue_mode(moto_endpoint: str, pg_url: str, built_models: Path,  # noq
             await resources.down(aws, config.names)
 
 
-def start_workload(url: str, *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "batchserve.loadtest.workload", "--url", url, *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True)
+async def workload(url: str, *, jobs: bool = False, model: str | None = None) -> str:
+    """The acceptance workload (loadtest/workload.py, as `python -m batchserve.loadtest.workload`
+    runs it, in this process): its report."""
+    send = run_job if jobs else run
+    outcomes = await send(url, load_manifest(SAMPLE_IMAGES), IMAGES, model, WORKLOAD_TIMEOUT_S)
+    return report(outcomes, 0.0)
 
 
-def finish_workload(workload: subprocess.Popen[str]) -> str:
-    output, _ = workload.communicate(timeout=WORKLOAD_TIMEOUT_S)
-    assert workload.returncode == 0, output
+def answered_all(output: str) -> str:
     assert f"completed: {IMAGES}\n" in output and f"correct: {IMAGES}\n" in output, output
     return output
 
@@ -166,7 +170,7 @@ async def test_the_workload_through_queue_mode_is_answered_once_even_when_a_work
     mode, deployment = queue_mode, queue_mode.deployment
 
     # Run 1: both workers up.
-    finish_workload(start_workload(mode.web.url))
+    answered_all(await workload(mode.web.url))
     rows = await settled(mode, IMAGES)
     first_keys = await deployment.result_keys("sync/")
     first_ids = image_ids(first_keys)
@@ -179,7 +183,7 @@ async def test_the_workload_through_queue_mode_is_answered_once_even_when_a_work
 
     # Run 2: one worker is killed while it holds some of the workload's messages, unanswered.
     victim, survivor = mode.workers
-    workload = start_workload(mode.web.url)
+    second = asyncio.create_task(workload(mode.web.url))
     await wait_until(lambda: messages_in(deployment), 60, "the workload's first messages", interval=0.01)
     arrived, cpu_before = time.monotonic(), cpu_seconds(victim.process.pid)
 
@@ -191,7 +195,7 @@ async def test_the_workload_through_queue_mode_is_answered_once_even_when_a_work
     # Its batch was still filling: nothing it held had been classified, let alone answered.
     assert time.monotonic() - arrived < VICTIM_BATCH_DELAY_S - 1, "the kill came too late to catch a batch filling"
     assert victim.wait(10) == -signal.SIGKILL
-    output = finish_workload(workload)
+    output = answered_all(await second)
 
     rows = await settled(mode, 2 * IMAGES)
     # What the killed worker held came back, and the survivor answered it.
@@ -206,7 +210,7 @@ async def test_the_workload_through_queue_mode_is_answered_once_even_when_a_work
     assert {rows[event_id(r["image_id"])] for r in results} == {r["request_id"] for r in results}
 
     # Run 3: the same photos as one job (POST /v1/jobs, followed to its end), on the surviving worker.
-    finish_workload(start_workload(mode.web.url, "--jobs"))
+    answered_all(await workload(mode.web.url, jobs=True))
     rows = await settled(mode, 3 * IMAGES)
     job_keys = [k for k in await deployment.result_keys() if not k.startswith(("sync/", "_index/"))]
     job_ids = {k.split("/", 1)[0] for k in job_keys}
@@ -217,7 +221,6 @@ async def test_the_workload_through_queue_mode_is_answered_once_even_when_a_work
     assert len(rows) == 3 * IMAGES
     assert set(rows) == {event_id(i) for i in first_ids | second_ids | job_images}
     # A job the server refuses fails every photo, and says why.
-    refused = start_workload(mode.web.url, "--jobs", "--model", "no_such_model")
-    output, _ = refused.communicate(timeout=WORKLOAD_TIMEOUT_S)
-    assert refused.returncode == 1 and f"failed: {IMAGES}\n" in output and "model_not_found" in output, output
+    output = await workload(mode.web.url, jobs=True, model="no_such_model")
+    assert f"failed: {IMAGES}\n" in output and "model_not_found" in output, output
     assert survivor.stop() == 0, survivor.log()

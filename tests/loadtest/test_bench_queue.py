@@ -4,12 +4,14 @@ direct server, measures each part and reports well-formed numbers."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from batchserve.loadtest.bench_queue import where
 from batchserve.loadtest.bench_queue_run import CHAIN_STEPS
 
 
@@ -18,13 +20,21 @@ def test_queue_bench_reports_every_measurement(built_models: Path, tmp_path: Pat
     out = tmp_path / "queue.json"
     # The tiny model keeps start-up and inference short; its labels are not the photos' (so nothing is
     # "correct"), but the queue must answer exactly what the direct server answers.
-    command = [sys.executable, "-m", "batchserve", "bench", "--queue", "--duration", "0.5", "--repeats", "1",
+    command = [sys.executable, "-m", "batchserve", "bench", "--queue", "--duration", "0.2", "--repeats", "1",
                "--backlog", "20", "--model", "tiny", "--model-repo", str(built_models), "--json", str(out)]
     proc = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     report = json.loads(out.read_text())
 
     assert report["machine"]["cpus"] >= 1 and report["machine"]["moto"]
+    cpus = sorted(os.sched_getaffinity(0))
+    pinning = report["machine"]["pinning"]
+    if len(cpus) >= 2:  # moto and the web tier on one cpu, the model's processes on another
+        assert pinning == {"moto": [cpus[0]], "web_tier": [cpus[0]], "worker": [cpus[-1]], "direct": [cpus[-1]],
+                           "in_process": [cpus[-1]]}
+        assert f"pinned: moto and the web tier on cpu {cpus[0]}; the worker" in proc.stdout
+    else:
+        assert pinning is None and "not pinned" in proc.stdout
     assert report["settings"]["backlog"] == 20 and report["settings"]["image_bytes"] > 0
 
     workload = report["workload"]
@@ -38,6 +48,7 @@ def test_queue_bench_reports_every_measurement(built_models: Path, tmp_path: Pat
     assert worker["ratio"] == pytest.approx(worker["images_per_s"] / worker["limit_images_per_s"])
     assert worker["worker_cpu_s_per_image"] > 0 and worker["limit_cpu_s_per_image"] > 0
     assert worker["moto_cpu_s_per_image"] >= 0 and worker["errors"] == 0
+    assert worker["cpu_ratio"] == pytest.approx(worker["limit_cpu_s_per_image"] / worker["worker_cpu_s_per_image"])
 
     latency = report["latency"]
     p50 = latency["p50_ms"]
@@ -67,3 +78,11 @@ def test_queue_bench_explains_what_it_cannot_do(args: list[str], message: str) -
                           capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 2, proc.stderr
     assert message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_the_report_says_where_each_part_ran() -> None:
+    pinned = {"moto": [0], "web_tier": [0], "worker": [1], "direct": [1], "in_process": [1]}
+    assert where(pinned, 2) == ("pinned: moto and the web tier on cpu 0; the worker, the direct server and the "
+                                "in-process reference on cpu 1")
+    assert where(None, 2) == ("not pinned: moto, the web tier, the worker, the direct server and the in-process "
+                              "reference share the 2 cpus")
