@@ -23,7 +23,9 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+import urllib.request
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,10 +34,11 @@ from batchserve.client.http import HttpError, request_json
 from batchserve.loadtest.bench_report import Samples, machine, render, run_and_print, summarise
 from batchserve.loadtest.http_load import LoadClientError, run_load, wrk_available
 from batchserve.loadtest.samples import SAMPLE_PHOTO
-from batchserve.loadtest.server_process import ServerProcess, start_server
+from batchserve.loadtest.server_process import ServerProcess
 from batchserve.model_repo.repository import DEFAULT_REPOSITORY
 
 if TYPE_CHECKING:  # ONNX Runtime loads only when a bench runs, not when the CLI parser is built
+    from batchserve.batching.cost import CostModel
     from batchserve.loadtest.inprocess import InProcess
 
 
@@ -92,28 +95,57 @@ def content_type(path: Path) -> str:
     return guessed if guessed and guessed.startswith("image/") else "application/octet-stream"
 
 
+# The server's count of classification requests admitted and not yet answered: unlike the
+# batcher's counts, it covers requests still being read or decoded.
+ADMITTED_GAUGE = "batchserve_admission_inflight_requests"
+
+
+def admitted_requests(server: ServerProcess) -> int | None:
+    """The server's ADMITTED_GAUGE, or None when its /metrics cannot be read or does not carry it."""
+    try:
+        # A loopback http URL the bench built itself.
+        with urllib.request.urlopen(f"{server.url}/metrics", timeout=10) as response:  # noqa: S310
+            text = response.read().decode("utf-8", "replace")
+    except (OSError, ValueError):
+        return None
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name == ADMITTED_GAUGE:
+            try:
+                return int(float(value))
+            except ValueError:
+                return None
+    return None
+
+
 def wait_idle(server: ServerProcess, model: str, timeout: float = 120.0, quiet_s: float = 0.5) -> None:
-    """Block until the server has had no queued or running batch, and no new submission, for
-    `quiet_s`. A closed-loop client stops sending when its time is up, but the requests it left
-    in the server still decode and run; measuring the next thing while they do would charge
-    their CPU time to it. (A request still decoding is not in the batcher's counts yet, hence the
-    quiet period: the decode pool clears its backlog well within it.)"""
+    """Block until the server has finished what the load left. A closed-loop client stops sending
+    when its time is up, but the requests it left in the server still decode and run; measuring
+    the next thing while they do would charge their CPU time to it.
+
+    Finished means: no queued or running batch, no new submission and no admitted request
+    unanswered (ADMITTED_GAUGE), on two polls in a row. A server that does not export the gauge
+    must instead show no new submission for `quiet_s` (a request still decoding is not in the
+    batcher's counts yet; the decode pool clears its backlog well within that)."""
     deadline = time.monotonic() + timeout
-    last_total, quiet_since = -1, time.monotonic()
+    last_total, quiet_since, idle_polls = -1, time.monotonic(), 0
     while time.monotonic() < deadline:
         stats = model_info(server, model)["stats"]
         now = time.monotonic()
         if stats["queue_depth"] or stats["inflight_batches"] or stats["requests_total"] != last_total:
-            last_total, quiet_since = stats["requests_total"], now
-        elif now - quiet_since >= quiet_s:
-            return
-        time.sleep(0.1)
+            last_total, quiet_since, idle_polls = stats["requests_total"], now, 0
+        else:
+            admitted = admitted_requests(server)
+            idle_polls = idle_polls + 1 if admitted == 0 else 0
+            if idle_polls >= 2 or (admitted is None and now - quiet_since >= quiet_s):
+                return
+        time.sleep(0.05)
     raise LoadClientError(f"{server.url} still had work {timeout:.0f} s after the load stopped")
 
 
 def _round(settings: BenchSettings, inproc: InProcess, server: ServerProcess, sim: ServerProcess | None,
            samples: Samples, say: Callable[[str], None]) -> None:
-    d, image, sim_image = settings.duration, settings.image, settings.sim_image or settings.image
+    d, image = settings.duration, settings.image
     rates: dict[int, float] = {}
     for b in settings.batch_sizes:
         samples.ort.setdefault(b, []).append(inproc.ort_rate(b, d).per_second)
@@ -133,12 +165,26 @@ def _round(settings: BenchSettings, inproc: InProcess, server: ServerProcess, si
         say(f"  c={c:>3}: limit {limit:8.1f} img/s (batch {best}), server {result.ok_per_second:8.1f} img/s, "
             f"p50 {result.p50_ms or 0:.1f} ms, errors {result.errors}")
     if sim is not None:
-        for c in settings.concurrency:
-            result = run_load(sim.url + "/v1/classify?model=simulated", sim_image, content_type(sim_image), c, d,
-                              settings.client)
-            wait_idle(sim, "simulated")
-            samples.simulated.setdefault(c, []).append(result)
-            say(f"  simulated c={c:>3}: {result.ok_per_second:8.1f} img/s, p50 {result.p50_ms or 0:.1f} ms")
+        measure_simulated(settings, sim, samples, say)
+
+
+def measure_simulated(settings: BenchSettings, sim: ServerProcess, samples: Samples,
+                      say: Callable[[str], None]) -> None:
+    """One round on the simulated accelerator: a load at each concurrency."""
+    sim_image = settings.sim_image or settings.image
+    for c in settings.concurrency:
+        result = run_load(sim.url + "/v1/classify?model=simulated", sim_image, content_type(sim_image), c,
+                          settings.duration, settings.client)
+        wait_idle(sim, "simulated")
+        samples.simulated.setdefault(c, []).append(result)
+        say(f"  simulated c={c:>3}: {result.ok_per_second:8.1f} img/s, p50 {result.p50_ms or 0:.1f} ms")
+
+
+def simulated_info(sim: ServerProcess, cost: CostModel, sim_image: Path) -> dict[str, Any]:
+    """What the report says of the simulated accelerator besides its loads."""
+    max_batch = int(model_info(sim, "simulated")["batching"]["max_batch_size"])
+    return {"cost_ms": str(cost), "max_batch_size": max_batch, "image": str(sim_image),
+            "image_bytes": sim_image.stat().st_size, "theoretical_images_per_s": cost.max_throughput(max_batch)}
 
 
 def run_bench(settings: BenchSettings, say: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
@@ -155,14 +201,15 @@ def run_bench(settings: BenchSettings, say: Callable[[str], None] = lambda _: No
         sim_image = settings.sim_image or small_jpeg(scratch)
         settings = BenchSettings(**{**asdict(settings), "client": client, "sim_image": sim_image})
         say(f"loading {settings.model} in process and in a server (client: {client})")
-        inproc = InProcess(settings.model, settings.model_repo, image)
-        server = start_server(["--models", settings.model, "--model-repo", str(settings.model_repo.resolve()),
-                               "--no-events"], log_dir=scratch)
-        servers.append(server)
-        sim = None
-        if cost is not None:
-            sim = start_server(["--simulate-model", settings.simulate_cost or "", "--no-events"], log_dir=scratch)
-            servers.append(sim)
+        model_args = ["--models", settings.model, "--model-repo", str(settings.model_repo.resolve()), "--no-events"]
+        sim_args = ["--simulate-model", settings.simulate_cost or "", "--no-events"]
+        inproc = in_process = InProcess(settings.model, settings.model_repo, image)  # an unknown model fails here
+        # Both servers start (imports, model loads) at once.
+        for args in [model_args, sim_args] if cost is not None else [model_args]:
+            servers.append(ServerProcess(*args, cwd=scratch).launch())
+        for target in servers:
+            target.wait_ready(target.ready_timeout)
+        server, sim = servers[0], (servers[1] if cost is not None else None)
         info: dict[str, Any] = {"machine": machine(), "client": client}
         model = model_info(server, settings.model)
         info["model"] = {"name": settings.model, "providers": model["execution_providers"],
@@ -170,28 +217,43 @@ def run_bench(settings: BenchSettings, say: Callable[[str], None] = lambda _: No
                          "max_batch_size": model["batching"]["max_batch_size"],
                          "max_inflight_batches": model["batching"]["max_inflight_batches"]}
         if sim is not None and cost is not None:
-            max_batch = int(model_info(sim, "simulated")["batching"]["max_batch_size"])
-            info["simulated"] = {"cost_ms": str(cost), "max_batch_size": max_batch, "image": str(sim_image),
-                                 "image_bytes": sim_image.stat().st_size,
-                                 "theoretical_images_per_s": cost.max_throughput(max_batch)}
+            info["simulated"] = simulated_info(sim, cost, sim_image)
         say("warming up")
-        inproc.warmup(list(settings.batch_sizes))
-        for target in servers:
-            model_name, body = (settings.model, settings.image) if target is server else ("simulated", sim_image)
-            run_load(f"{target.url}/v1/classify?model={model_name}", body, content_type(body),
-                     max(settings.concurrency), 1.0, client)
-            wait_idle(target, model_name)
+        loads = [(server, settings.model, settings.image)] + ([(sim, "simulated", sim_image)] if sim else [])
+        warm_up(loads, max(settings.concurrency), client, lambda: in_process.warmup(list(settings.batch_sizes)))
         samples = Samples()
         for r in range(settings.repeats):
             say(f"round {r + 1} of {settings.repeats}")
             _round(settings, inproc, server, sim, samples, say)
         return summarise(settings, samples, info)
     finally:
-        for s in servers:
-            s.stop()
+        stop_all(servers)
         if inproc is not None:
             inproc.close()
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def warm_up(loads: Sequence[tuple[ServerProcess, str, Path]], concurrency: int, client: str,
+            in_process: Callable[[], None]) -> None:
+    """One second of load on each server and the in-process warm-up, all at once: nothing is
+    measured yet, so they may share the cores, and a run pays the warm-up once, not per server."""
+
+    def load(server: ServerProcess, model: str, body: Path) -> None:
+        run_load(f"{server.url}/v1/classify?model={model}", body, content_type(body), concurrency, 1.0, client)
+        wait_idle(server, model)
+
+    with ThreadPoolExecutor(len(loads)) as pool:
+        pending = [pool.submit(load, *target) for target in loads]
+        in_process()
+        for future in pending:
+            future.result()
+
+
+def stop_all(servers: Sequence[ServerProcess]) -> None:
+    """Stop the servers at once (each drains and exits on its own)."""
+    if servers:
+        with ThreadPoolExecutor(len(servers)) as pool:
+            list(pool.map(ServerProcess.stop, servers))
 
 
 def _int_list(text: str) -> tuple[int, ...]:

@@ -23,11 +23,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from batchserve.loadtest.bench import content_type, model_info, wait_idle
+from batchserve.loadtest.bench import content_type, model_info, wait_idle, warm_up
 from batchserve.loadtest.bench_report import machine, run_and_print
 from batchserve.loadtest.http_load import run_load, wrk_available
 from batchserve.loadtest.samples import SAMPLE_PHOTO
-from batchserve.loadtest.server_process import ServerProcess, start_server
+from batchserve.loadtest.server_process import ServerProcess
 from batchserve.model_repo.repository import DEFAULT_REPOSITORY
 
 if TYPE_CHECKING:  # ONNX Runtime loads only when a bench runs, not when the CLI parser is built
@@ -177,12 +177,14 @@ def run_models_bench(settings: ModelsBenchSettings, say: Callable[[str], None] =
     server: ServerProcess | None = None
     try:
         say(f"loading {', '.join(settings.models)} in process and in one server (client: {client})")
+        # The server starts (imports, model loads) while the in-process runners load.
+        server = ServerProcess(
+            "--models", ",".join(settings.models), "--model-repo", str(settings.model_repo.resolve()), "--no-events",
+            cwd=scratch,
+        ).launch()
         for name in settings.models:
             inproc[name] = InProcess(name, settings.model_repo, image)
-        server = start_server(
-            ["--models", ",".join(settings.models), "--model-repo", str(settings.model_repo.resolve()), "--no-events"],
-            log_dir=scratch,
-        )
+        server.wait_ready(server.ready_timeout)
         info: dict[str, Any] = {"machine": machine(), "client": client, "models": {}}
         for name in settings.models:
             served = model_info(server, name)
@@ -193,17 +195,13 @@ def run_models_bench(settings: ModelsBenchSettings, say: Callable[[str], None] =
                 "max_batch_size": served["batching"]["max_batch_size"],
             }
         say("warming up")
-        for name in settings.models:
-            inproc[name].warmup([1, NETWORK_BATCH])
-            run_load(
-                f"{server.url}/v1/classify?model={name}",
-                settings.image,
-                content_type(settings.image),
-                SERVER_CONCURRENCY,
-                1.0,
-                client,
-            )
-            wait_idle(server, name)
+
+        def warm_in_process() -> None:
+            for runner in inproc.values():
+                runner.warmup([1, NETWORK_BATCH])
+
+        warm_up([(server, name, settings.image) for name in settings.models], SERVER_CONCURRENCY, client,
+                warm_in_process)
         samples = {name: ModelSamples() for name in settings.models}
         for r in range(settings.repeats):
             say(f"round {r + 1} of {settings.repeats}")

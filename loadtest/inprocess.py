@@ -2,9 +2,10 @@
 
 Three measurements, all on one encoded image (the bench posts the same file to the server):
 - `ort_rate`: ONNX Runtime alone on a ready [n, 3, 224, 224] batch;
-- `pipeline_rate`: decode + preprocess in a thread pool (as the server does), stack, infer, rank.
-  The next batch decodes while the current one infers, as the server's two in-flight batches
-  allow, so this is the ceiling a batching server can approach;
+- `pipeline_rate`: decode + preprocess in a thread pool (as the server does), stack, infer (through
+  the runner's batch function, in runs of its `run_size` as in the server), rank. The next batch
+  decodes while the current one infers, as the server's decode threads do while a batch runs, so
+  this is the ceiling a batching server can approach;
 - `single_latency`: one image at a time, start to finish (the floor for a request at concurrency 1).
 """
 

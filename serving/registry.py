@@ -321,9 +321,10 @@ class ModelRegistry:
             on_batch=self._observer(spec.name, version),
         )
         log.info(
-            "loaded %s v%d in %.1f s on %s (max batch %d, %d in flight)",
+            "loaded %s v%d in %.1f s on %s (max batch %d, %d in flight, %s)",
             spec.name, version, time.perf_counter() - started, ", ".join(runner.providers),
             batching.max_batch_size, batching.max_inflight_batches,
+            f"runs of at most {runner.run_size}" if runner.run_size else "one run per batch",
         )
         return LoadedModel(
             name=spec.name, version=version, description=spec.description, labels=labels,

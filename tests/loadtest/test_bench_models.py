@@ -12,7 +12,15 @@ from pathlib import Path
 import pytest
 
 from batchserve.loadtest.bench import add_arguments
-from batchserve.loadtest.bench_models import METRICS, ModelsBenchSettings, parse_models, run_from_args
+from batchserve.loadtest.bench_models import (
+    METRICS,
+    NETWORK_BATCH,
+    SERVER_CONCURRENCY,
+    ModelsBenchSettings,
+    parse_models,
+    run_from_args,
+)
+from batchserve.loadtest.samples import SAMPLE_PHOTO
 from batchserve.model_repo.build import build_model
 from batchserve.model_repo.repository import DEFAULT_REPOSITORY
 
@@ -52,12 +60,28 @@ def test_models_side_by_side(two_models: Path, tmp_path: Path) -> None:
     proc = subprocess.run(command, capture_output=True, text=True, timeout=180, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     report = json.loads(out.read_text())
-    assert report["settings"]["models"] == ["tiny", "tiny_copy"] and report["settings"]["repeats"] == 1
+    assert set(report) == {"date", "machine", "settings", "models"} and report["date"].startswith("20")
+    assert set(report["machine"]) == {"cpus", "platform", "processor", "python", "onnxruntime", "numpy", "pillow"}
+    assert report["settings"] == {
+        "models": ["tiny", "tiny_copy"], "duration": 0.2, "repeats": 1, "model_repo": str(two_models),
+        "image": str(SAMPLE_PHOTO), "image_bytes": SAMPLE_PHOTO.stat().st_size,
+        "client": report["settings"]["client"], "network_batch": NETWORK_BATCH,
+        "server_concurrency": SERVER_CONCURRENCY,
+    }
+    assert report["settings"]["client"] in ("wrk", "aiohttp")
+    assert set(report["models"]) == {"tiny", "tiny_copy"}
     for name in ("tiny", "tiny_copy"):
         entry = report["models"][name]
-        assert entry["errors"] == 0 and "CPUExecutionProvider" in entry["providers"]
+        assert set(entry) == {"errors", "version", "providers", "in_process_providers", "max_batch_size", *METRICS}
+        assert entry["errors"] == 0 and entry["version"] == 1 and "CPUExecutionProvider" in entry["providers"]
+        assert entry["in_process_providers"] == ["CPUExecutionProvider"] and entry["max_batch_size"] >= 1
         for metric in METRICS:
-            assert len(entry[metric]["samples"]) == 1 and entry[metric]["median"] > 0
+            figure = entry[metric]
+            assert set(figure) == {"median", "samples", "ratio_to_first", "ratio_samples"}
+            assert len(figure["samples"]) == 1 and figure["median"] == figure["samples"][0] > 0
+            first = report["models"]["tiny"][metric]["median"]
+            assert figure["ratio_samples"] == [pytest.approx(figure["median"] / first)]
+            assert figure["ratio_to_first"] == figure["ratio_samples"][0]
     assert all(report["models"]["tiny"][m]["ratio_to_first"] == 1.0 for m in METRICS)
     lines = proc.stdout.splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("model "))

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from batchserve.model_repo.errors import ModelLoadError
-from batchserve.model_repo.runner import Runner, RunnerConfig
+from batchserve.model_repo.runner import CPU_RUN_SIZE, Runner, RunnerConfig
 from batchserve.model_repo.topk import softmax, top_k
 
 SAMPLE = (3, 224, 224)
@@ -140,12 +140,53 @@ def test_infer_samples_reuses_its_buffer_safely(runner: Runner) -> None:
 
 
 def test_concurrent_batches_do_not_mix(runner: Runner) -> None:
-    batches = [batch_of(1 + i % 4, seed=i) for i in range(24)]
-    expected = [runner.infer(b) for b in batches]
+    # Up to 12 samples: some batches are cut into runs of CPU_RUN_SIZE.
+    batches = [batch_of(1 + i % 12, seed=i) for i in range(24)]
+    expected = [np.stack(runner.infer_samples(list(b))) for b in batches]
     with ThreadPoolExecutor(4) as pool:
         results = list(pool.map(lambda b: np.stack(runner.infer_samples(list(b))), batches))
     for got, want in zip(results, expected, strict=True):
         np.testing.assert_array_equal(got, want)
+
+
+def _run_sizes(runner: Runner) -> list[int]:
+    """Record the batch size of every ONNX Runtime run the runner makes from now on."""
+    sizes: list[int] = []
+    infer = runner.infer
+
+    def recording(batch: np.ndarray) -> np.ndarray:
+        sizes.append(batch.shape[0])
+        return infer(batch)
+
+    runner.infer = recording  # type: ignore[method-assign]
+    return sizes
+
+
+def test_a_cpu_session_runs_large_batches_in_runs_of_cpu_run_size(runner: Runner, tiny_classifier) -> None:
+    assert runner.run_size == CPU_RUN_SIZE
+    with Runner(tiny_classifier.path, RunnerConfig(run_size=3)) as r:
+        batch = batch_of(7, seed=3)
+        sizes = _run_sizes(r)
+        rows = r.infer_samples(list(batch))
+        assert sizes == [3, 3, 1]
+        assert len(rows) == 7 and all(row.shape == (1000,) for row in rows)
+        np.testing.assert_allclose(np.stack(rows), tiny_classifier.reference(batch), rtol=1e-4, atol=1e-4)
+        sizes.clear()
+        r.infer_samples(list(batch[:3]))
+        assert sizes == [3]  # a batch within run_size is one run
+
+
+def test_a_fixed_batch_graph_is_never_cut(tmp_path: Path, make_classifier) -> None:
+    model = make_classifier(tmp_path / "m.onnx", batch=4)
+    with Runner(model.path, RunnerConfig(run_size=2)) as r:
+        sizes = _run_sizes(r)
+        rows = r.infer_samples(list(batch_of(3)))
+        assert sizes == [4] and len(rows) == 3
+
+
+def test_run_size_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="run_size must be at least 1"):
+        RunnerConfig(run_size=0)
 
 
 def test_conv_graph_runs_on_real_preprocessed_shapes(conv_classifier: Path) -> None:
