@@ -76,10 +76,9 @@ def run_remote_bench(settings: RemoteBenchSettings, say: Callable[[str], None] =
         info = {"machine": machine(), "client": client, "image": str(image), "image_bytes": image.stat().st_size,
                 "backend": {"cost_ms": settings.simulate_cost, "max_batch_size": max_batch}}
         say("warming up")
-        for target in (backend, web):
-            run_load(f"{target.url}/v1/classify?model={MODEL}", image, "image/jpeg", max(settings.concurrency),
-                     1.0, client)
-            wait_idle(backend, MODEL)
+        # Through the web tier, which forwards to the backend: one warm-up warms both.
+        run_load(f"{web.url}/v1/classify?model={MODEL}", image, "image/jpeg", max(settings.concurrency), 1.0, client)
+        wait_idle(backend, MODEL)
         rounds = []
         for number in range(settings.repeats):
             say(f"round {number + 1} of {settings.repeats}")

@@ -33,8 +33,9 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from litestar.types import ASGIApp, Receive, ReceiveMessage, Scope, Send
+from litestar.types import ASGIApp, Receive, Scope, Send
 
+from batchserve.server.body_deadline import receive_by
 from batchserve.server.client_numbers import ascii_int
 from batchserve.server.door import ClassifyRoute, classify_route, refuse
 from batchserve.server.http_middleware import HttpMiddleware
@@ -94,17 +95,17 @@ def _expects_continue(scope: Scope) -> bool:
     return any(key == b"expect" and value.lower() == b"100-continue" for key, value in scope.get("headers", ()))
 
 
-class AdmissionMiddleware(HttpMiddleware):
-    def __init__(self, app: ASGIApp, state: AppState) -> None:
-        super().__init__(app)
+class Admission:
+    """The admission decision and the body's deadline, for the middleware below and for the
+    classification fast path (fast_classify.py), which admits without the middleware around it."""
+
+    def __init__(self, state: AppState) -> None:
         self.state = state
         self.gate = state.admission
 
-    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
-        route = classify_route(scope) if scope.get("method") == "POST" else None
-        if route is None:  # not a classification (another method gets its 405 from the router)
-            await self.app(scope, receive, send)
-            return
+    async def admit(self, scope: Scope, send: Send, route: ClassifyRoute) -> bool:
+        """True when the request is admitted: it holds a place until `release`. False when it was
+        refused (and answered here)."""
         limit = self.state.config.limits.max_body_bytes
         declared = _declared_length(scope)
         if declared is not None and declared > limit:
@@ -113,7 +114,7 @@ class AdmissionMiddleware(HttpMiddleware):
             too_large = PayloadTooLarge(f"the request body is {declared} bytes, more than the {limit} accepted")
             extra = CLOSE if _expects_continue(scope) else None
             await refuse(scope, send, self.state.serving.recorder, describe(too_large), time.monotonic(), extra)
-            return
+            return False
         gate = self.gate
         model = target_model(self.state.serving.registry, route)
         # A full queue refuses here, before the body, unless a fallback model may answer instead
@@ -129,12 +130,13 @@ class AdmissionMiddleware(HttpMiddleware):
             refusal = bound_refusal("classification requests", gate.requests)
         if refusal is not None:
             await self._refuse(scope, send, refusal, time.monotonic())
-            return
-        try:
-            await self.app(scope, self._receive_in_time(receive), send)
-        finally:
-            gate.requests.release()
-            gate.pacer.completed_one()
+            return False
+        return True
+
+    def release(self) -> None:
+        """An admitted request has answered."""
+        self.gate.requests.release()
+        self.gate.pacer.completed_one()
 
     async def _refuse(self, scope: Scope, send: Send, refusal: Overloaded, started: float) -> None:
         wait_s = self.gate.pacer.delay()
@@ -143,28 +145,33 @@ class AdmissionMiddleware(HttpMiddleware):
         extra = CLOSE if _expects_continue(scope) else None
         await refuse(scope, send, self.state.serving.recorder, describe(refusal), started, extra)
 
-    def _receive_in_time(self, receive: Receive) -> Receive:
+    def receive_in_time(self, receive: Receive) -> Receive:
         """`receive`, failing with RequestTimeout (raised into the route, which records and answers it)
         when the body is not complete `body_read_timeout_s` after the headers."""
         gate = self.gate
         limit_s = gate.body_read_timeout_s
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + limit_s
-        complete = False
 
-        async def receive_in_time() -> ReceiveMessage:
-            nonlocal complete
-            if complete:
-                return await receive()
-            try:
-                async with asyncio.timeout_at(deadline):
-                    message = await receive()
-            except TimeoutError:
-                gate.body_timeouts += 1
-                raise RequestTimeout(f"the request body was not complete within {limit_s:g} s",
-                                     headers=CLOSE) from None
-            if message["type"] != "http.request" or not message.get("more_body", False):
-                complete = True
-            return message
+        def timed_out() -> RequestTimeout:
+            gate.body_timeouts += 1
+            return RequestTimeout(f"the request body was not complete within {limit_s:g} s", headers=CLOSE)
 
-        return receive_in_time
+        return receive_by(receive, asyncio.get_running_loop().time() + limit_s, timed_out)
+
+
+class AdmissionMiddleware(HttpMiddleware):
+    def __init__(self, app: ASGIApp, admission: Admission) -> None:
+        super().__init__(app)
+        self.admission = admission
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        route = classify_route(scope) if scope.get("method") == "POST" else None
+        if route is None:  # not a classification (another method gets its 405 from the router)
+            await self.app(scope, receive, send)
+            return
+        admission = self.admission
+        if not await admission.admit(scope, send, route):
+            return
+        try:
+            await self.app(scope, admission.receive_in_time(receive), send)
+        finally:
+            admission.release()

@@ -15,12 +15,13 @@ from litestar.openapi.plugins import SwaggerRenderPlugin
 from batchserve import __version__
 from batchserve.jobs.errors import QueueModeSetupError
 from batchserve.jobs.web_tier import QueueBackend, WebTierSettings
-from batchserve.server.admission import AdmissionMiddleware
+from batchserve.server.admission import Admission, AdmissionMiddleware
 from batchserve.server.auth.gatekeeper import Gatekeeper
 from batchserve.server.auth.policy import AccessPolicy
 from batchserve.server.cloudwatch import emf_lifespan
 from batchserve.server.config import ServerConfig
 from batchserve.server.errors import fallback_exception_handler
+from batchserve.server.fast_classify import ClassifyFastPath
 from batchserve.server.lease_scope import LeaseScopeMiddleware
 from batchserve.server.metrics import HttpMetricsMiddleware, Metrics
 from batchserve.server.remote.backend import RemoteBackend
@@ -107,7 +108,10 @@ def make_lifespan(
     return lifespan
 
 
-def create_app(config: ServerConfig, *, load_in_background: bool = False, state: AppState | None = None) -> Litestar:
+def create_app(config: ServerConfig, *, load_in_background: bool = False, state: AppState | None = None,
+               fast_path: bool = True) -> Litestar:
+    """The app; `fast_path=False` sends every request through Litestar's routing (the tests compare
+    the two)."""
     state = state or build_state(config)
     gatekeeper = Gatekeeper(config, AccessPolicy(PAGE_PATHS, SCHEMA_PATH, STATIC_PREFIX))
     app = Litestar(
@@ -134,13 +138,18 @@ def create_app(config: ServerConfig, *, load_in_background: bool = False, state:
     if state.metrics is not None:
         gatekeeper.watch(state.metrics.registry)
     # Innermost of the wrappers: it refuses before routing and before the body is read.
-    app.asgi_handler = AdmissionMiddleware(app.asgi_handler, state)
+    admission = Admission(state)
+    app.asgi_handler = AdmissionMiddleware(app.asgi_handler, admission)
     # Keys and rate limits before admission: a caller without a valid key takes no admission slot.
-    app.asgi_handler = gatekeeper.guard(app.asgi_handler, app.asgi_router, state.serving.recorder)
+    guard = gatekeeper.guard(app.asgi_handler, app.asgi_router, state.serving.recorder)
+    app.asgi_handler = guard
     # Outside routing, so unmatched paths are counted too; leases wrap metrics, which read them.
     if state.metrics is not None:
         app.asgi_handler = HttpMetricsMiddleware(app.asgi_handler, state.metrics)
     app.asgi_handler = LeaseScopeMiddleware(app.asgi_handler)
-    # Outermost: every answer, Litestar's own 404/405 included, carries X-Request-ID.
+    # Every answer, Litestar's own 404/405 included, carries X-Request-ID.
     app.asgi_handler = RequestIdMiddleware(app.asgi_handler)
+    if fast_path:
+        # Outermost: a raw-body classification takes the same steps as above in one coroutine.
+        app.asgi_handler = ClassifyFastPath(app.asgi_handler, state, guard, admission)
     return app

@@ -191,8 +191,9 @@ class BackendConfig:
         "help": "remote backend: API key sent to every upstream as 'Authorization: Bearer KEY' (for upstreams "
                 "run with --auth required; it needs the classify scope)"})
     upstream_check_interval_s: float = field(default=1.0, metadata={
-        "help": "remote backend: seconds between /readyz checks of each upstream; one that fails leaves the "
-                "rotation, and returns once it passes"})
+        "help": "remote backend: seconds between /readyz checks of an upstream that needs one: out of rotation "
+                "(until it passes and returns), its circuit not closed, or sent requests since its last check; "
+                "an idle web tier checks none (the first request finds a dead upstream)"})
     upstream_connect_timeout_s: float = field(default=1.0, metadata={
         "help": "remote backend: longest wait for a connection to an upstream; past it the request is tried "
                 "on another"})

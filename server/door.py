@@ -13,6 +13,7 @@ import re
 import time
 import urllib.parse
 from dataclasses import dataclass
+from functools import lru_cache
 
 from litestar.types import Scope, Send
 
@@ -22,6 +23,9 @@ from batchserve.serving.errors import ErrorInfo
 from batchserve.serving.recording import Recorder
 
 V1_CLASSIFY = "/v1/classify"
+# Clients send the same few query strings (and Content-Types) over and over: parsed once each,
+# but for longer ones, parsed every time so that what a cache holds stays small.
+CACHED_TEXT_BYTES = 256
 _V2_INFER = re.compile(r"^/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?/infer$")
 
 
@@ -38,13 +42,21 @@ def classify_route(scope: Scope) -> ClassifyRoute | None:
     """The request's classification route, or None when it asks for something else."""
     path: str = scope.get("path", "")
     if path == V1_CLASSIFY:
-        query = urllib.parse.parse_qs(scope.get("query_string", b"").decode("latin-1"))
-        models, versions = query.get("model"), query.get("version")
-        return ClassifyRoute("v1", models[0] if models else None, versions[0] if versions else None)
+        query_string: bytes = scope.get("query_string", b"")
+        if len(query_string) <= CACHED_TEXT_BYTES:
+            return _v1_route(query_string)
+        return _v1_route.__wrapped__(query_string)
     match = _V2_INFER.match(path)
     if match:
         return ClassifyRoute("v2", urllib.parse.unquote(match["name"]), match["version"])
     return None
+
+
+@lru_cache(maxsize=1024)
+def _v1_route(query_string: bytes) -> ClassifyRoute:
+    query = urllib.parse.parse_qs(query_string.decode("latin-1"))
+    models, versions = query.get("model"), query.get("version")
+    return ClassifyRoute("v1", models[0] if models else None, versions[0] if versions else None)
 
 
 def error_json(path: str, info: ErrorInfo) -> bytes:

@@ -30,6 +30,7 @@ from batchserve.serving.errors import describe as describe_serving_error
 log = logging.getLogger("batchserve.errors")
 
 V2_PREFIX = "/v2"
+BODY_OVER_LIMIT = "request body exceeds the size limit"
 
 
 def describe(exc: BaseException) -> ErrorInfo:
@@ -42,7 +43,7 @@ def describe(exc: BaseException) -> ErrorInfo:
         case ValidationException():
             return ErrorInfo(422, "invalid_parameter", _validation_message(exc))
         case HTTPException() if exc.status_code == 413:
-            return ErrorInfo(413, "payload_too_large", "request body exceeds the size limit")
+            return ErrorInfo(413, "payload_too_large", BODY_OVER_LIMIT)
         case HTTPException() if 400 <= exc.status_code < 500:
             return ErrorInfo(exc.status_code, "invalid_request", exc.detail or "bad request", dict(exc.headers or {}))
         case _:
@@ -67,12 +68,17 @@ def v2_body(info: ErrorInfo) -> dict[str, object]:
     return {"error": info.message}
 
 
+def note_error(method: str, path: str, exc: Exception, info: ErrorInfo) -> None:
+    """Logs what an error answer alone would not tell: a bug, with its traceback."""
+    if info.is_bug:
+        log.exception("unhandled error on %s %s", method, path, exc_info=exc)
+    elif isinstance(exc, ClientException) and info.code == "invalid_request":
+        log.debug("client error on %s: %s", path, exc)
+
+
 def _answer(request: Request, exc: Exception, body: Callable[[ErrorInfo], dict[str, object]]) -> Response:
     info = describe(exc)
-    if info.is_bug:
-        log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    elif isinstance(exc, ClientException) and info.code == "invalid_request":
-        log.debug("client error on %s: %s", request.url.path, exc)
+    note_error(request.method, request.url.path, exc, info)
     headers = {**info.headers, "X-Request-ID": request_id_of(request.scope)}
     return Response(content=body(info), status_code=info.status, headers=headers, media_type="application/json")
 

@@ -58,6 +58,7 @@ class Metrics:
             "batchserve_http_request_duration_seconds", "Time from request start to the last byte of the answer.",
             ["method", "route", "model"], buckets=LATENCY_BUCKETS, registry=r,
         )
+        self._http_series: dict[tuple[str, str, str, int], tuple[Counter, Histogram]] = {}
         self.batch_metrics = BatchMetrics(r)
         ProcessCollector(registry=r)
         PlatformCollector(registry=r)
@@ -77,8 +78,28 @@ class Metrics:
         self.registry.register(StateCollector(state))
 
     def observe_http(self, method: str, route: str, model: str, status: int, seconds: float) -> None:
-        self.http_requests.labels(method, route, model, str(status)).inc()
-        self.http_duration.labels(method, route, model).observe(seconds)
+        key = (method, route, model, status)
+        series = self._http_series.get(key)
+        if series is None:
+            # Finding a labelled series costs more than updating it (~3 µs of the ~4.5): once per label set.
+            series = self._http_series[key] = (self.http_requests.labels(method, route, model, str(status)),
+                                               self.http_duration.labels(method, route, model))
+        series[0].inc()
+        series[1].observe(seconds)
+
+    def observe_answer(self, scope: Scope, status: int, started: float) -> None:
+        """One HTTP answer, labelled as routing saw its request; `started`: its `time.perf_counter()`."""
+        # Routing fills in the template; a path that matched no route never gets one.
+        route = scope.get("path_template") if scope.get("route_handler") is not None else None
+        models = leased()
+        method = scope.get("method", "GET")
+        self.observe_http(
+            method if method in METHODS else "OTHER",
+            route or OTHER_ROUTE,
+            models[0].name if models else "",
+            status,
+            time.perf_counter() - started,
+        )
 
     def exposition(self, accept: str | None) -> tuple[bytes, str]:
         """The scrape body and its content type, negotiated (OpenMetrics when the scraper asks)."""
@@ -147,14 +168,4 @@ class HttpMetricsMiddleware(HttpMiddleware):
         try:
             await self.app(scope, receive, send_and_watch)
         finally:
-            # Routing fills in the template; a path that matched no route never gets one.
-            route = scope.get("path_template") if scope.get("route_handler") is not None else None
-            models = leased()
-            method = scope.get("method", "GET")
-            self.metrics.observe_http(
-                method if method in METHODS else "OTHER",
-                route or OTHER_ROUTE,
-                models[0].name if models else "",
-                status,
-                time.perf_counter() - started,
-            )
+            self.metrics.observe_answer(scope, status, started)

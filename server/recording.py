@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from litestar import Request
+from litestar.types import Scope
 
 from batchserve.server.errors import describe
 from batchserve.server.request_context import caller_of
@@ -46,9 +46,9 @@ class RequestRecording:
 
 @contextmanager
 def recording(
-    recorder: Recorder, request: Request, route: str, model: str | None = None, version: int | None = None,
+    recorder: Recorder, scope: Scope, route: str, model: str | None = None, version: int | None = None,
 ) -> Iterator[RequestRecording]:
-    record = RequestRecording(caller_of(request.scope), model, version)
+    record = RequestRecording(caller_of(scope), model, version)
     caller = record.caller
     try:
         yield record

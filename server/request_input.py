@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 from litestar import Request
 from litestar.datastructures import UploadFile
 from litestar.exceptions import InternalServerException
@@ -11,6 +13,7 @@ from batchserve.serving.classifier import ImageInput
 from batchserve.serving.errors import InvalidParameter, InvalidRequest, UnsupportedMediaType
 
 MULTIPART = "multipart/form-data"
+CLIENT_LEFT = "the client disconnected before the request body was complete"
 RAW_TYPES_WITHOUT_IMAGE_PREFIX = ("", "application/octet-stream")
 TIMEOUT_HEADER = "x-request-timeout-ms"
 
@@ -20,7 +23,7 @@ async def read_body(request: Request) -> bytes:
     try:
         return await request.body()
     except InternalServerException as exc:  # raised by Litestar when the client hangs up mid-body
-        raise InvalidRequest("the client disconnected before the request body was complete") from exc
+        raise InvalidRequest(CLIENT_LEFT) from exc
 
 
 async def read_images(request: Request, max_files: int) -> tuple[list[ImageInput], bool]:
@@ -40,11 +43,17 @@ async def read_images(request: Request, max_files: int) -> tuple[list[ImageInput
                 raise InvalidRequest("the 'image' field must be a file upload, not a text value")
             images.append(ImageInput(await part.read(), part.filename or None, part.content_type or None))
         return images, True
+    return await raw_image(media_type, lambda: read_body(request)), False
+
+
+async def raw_image(media_type: str, read_body: Callable[[], Awaitable[bytes]]) -> list[ImageInput]:
+    """The one image a request sends as its whole body (of type `media_type`, lower case, not
+    multipart); a type that is no image is refused before the body is read."""
     if media_type.startswith("image/") or media_type in RAW_TYPES_WITHOUT_IMAGE_PREFIX:
-        body = await read_body(request)
+        body = await read_body()
         if not body:
             raise InvalidRequest("the request body is empty: send the image bytes, or multipart 'image' files")
-        return [ImageInput(body, None, media_type or None)], False
+        return [ImageInput(body, None, media_type or None)]
     raise UnsupportedMediaType(
         f"Content-Type {media_type!r} is not accepted: send image/* bytes or multipart/form-data with 'image' files"
     )

@@ -71,17 +71,36 @@ class AuthGuard(HttpMiddleware):
         self.recorder = recorder
         self.stats = stats or GuardStats()
 
-    def _route(self, scope: Scope) -> tuple[str | None, Any]:
-        path = normalize_path(scope.get("path", "/"))
+    def route(self, path: str, method: object) -> tuple[str | None, Any]:
+        """The route template and handler that routing will pick for the request (None, None: no route)."""
         try:
-            _, handler, _, _, template = self.router.handle_routing(path=path, method=scope.get("method"))
+            _, handler, _, _, template = self.router.handle_routing(path=normalize_path(path), method=method)
         except Exception:  # noqa: BLE001 - no such route or method: routing will answer 404/405 itself
             return None, None
         return template, handler
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.monotonic()
-        template, handler = self._route(scope)
+        template, handler = self.route(scope.get("path", "/"), scope.get("method"))
+        rate_headers = await self.check(scope, send, started, template, handler)
+        if rate_headers is None:
+            return
+        if not rate_headers:
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_limits(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), *rate_headers]
+            await send(message)
+
+        await self.app(scope, receive, send_with_limits)
+
+    async def check(self, scope: Scope, send: Send, started: float, template: str | None,
+                    handler: Any) -> list[tuple[bytes, bytes]] | None:
+        """The key and the rate limit of a request to the route `template` (None: no route). None
+        when it is refused (answered here); else the rate-limit headers its answer carries (none
+        for a caller without a limit)."""
         access = self.policy.for_template(template)
         key = presented_key(scope)
         identity: Identity | None = None
@@ -97,29 +116,19 @@ class AuthGuard(HttpMiddleware):
             problem = self._problem(access, key, identity)
             if problem is not None:
                 await self._refuse(scope, send, problem, started, template, handler)
-                return
+                return None
 
-        rate_headers: list[tuple[bytes, bytes]] = []
-        if identity is not None and access is not Access.PUBLIC:
-            decision = await self.limiter.take(identity)
-            if decision is not None:
-                headers = decision.headers()
-                if not decision.allowed:
-                    problem = RateLimited(f"the API key {identity.name!r} is over its rate limit", headers=headers)
-                    await self._refuse(scope, send, problem, started, template, handler)
-                    return
-                rate_headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
-
-        if not rate_headers:
-            await self.app(scope, receive, send)
-            return
-
-        async def send_with_limits(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", []), *rate_headers]
-            await send(message)
-
-        await self.app(scope, receive, send_with_limits)
+        if identity is None or access is Access.PUBLIC:
+            return []
+        decision = await self.limiter.take(identity)
+        if decision is None:
+            return []
+        headers = decision.headers()
+        if not decision.allowed:
+            problem = RateLimited(f"the API key {identity.name!r} is over its rate limit", headers=headers)
+            await self._refuse(scope, send, problem, started, template, handler)
+            return None
+        return [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
 
     async def _identify(self, key: str, started: float, *, fresh: bool) -> Identity | None:
         digest = key_digest(key)

@@ -60,12 +60,17 @@ def rules(page_paths: tuple[str, ...], schema_path: str, static_prefix: str) -> 
 class AccessPolicy:
     def __init__(self, page_paths: tuple[str, ...], schema_path: str, static_prefix: str) -> None:
         self._rules = rules(page_paths, schema_path, static_prefix)
+        self._known: dict[str, Access] = {}  # templates are the app's routes: a few dozen at most
 
     def for_template(self, template: str | None) -> Access:
         """The access rule of a route template (`None`: the path is no route)."""
         if template is None:
             return Access.AUTHENTICATED
-        return next((access for pattern, access in self._rules if pattern.match(template)), Access.AUTHENTICATED)
+        access = self._known.get(template)
+        if access is None:
+            access = self._known[template] = next(
+                (access for pattern, access in self._rules if pattern.match(template)), Access.AUTHENTICATED)
+        return access
 
     def has_rule(self, template: str) -> bool:
         return any(pattern.match(template) for pattern, _ in self._rules)

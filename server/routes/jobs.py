@@ -48,7 +48,7 @@ from batchserve.server.errors import V1_HANDLERS
 from batchserve.server.recording import recording
 from batchserve.server.request_context import caller_of
 from batchserve.server.request_input import MULTIPART, read_body, read_images
-from batchserve.server.routes.v1 import TOP_K_SCHEMA, VERSION_SCHEMA, top_k_query, version_query
+from batchserve.server.routes.v1 import TOP_K_SCHEMA, VERSION_SCHEMA
 from batchserve.server.schemas import (
     JobAccepted,
     JobLinks,
@@ -59,6 +59,7 @@ from batchserve.server.schemas import (
     job_error_responses,
 )
 from batchserve.server.state import AppState
+from batchserve.server.v1_classify import top_k_query, version_query
 from batchserve.serving.classifier import validate_top_k
 from batchserve.serving.errors import ErrorAnswer, InvalidParameter, UnsupportedMediaType
 
@@ -194,7 +195,7 @@ class JobsController(Controller):
     ) -> Response[JobAccepted]:
         backend = _queue_backend(app_state)
         serving = app_state.serving
-        with recording(serving.recorder, request, ROUTE, model) as record:
+        with recording(serving.recorder, request.scope, ROUTE, model) as record:
             app_state.refuse_if_draining()
             requested_version = record.version = version_query(version)
             requested_k = top_k_query(top_k)

@@ -181,7 +181,7 @@ class V2Controller(Controller):
         timeout_header: TimeoutHeader = None,
     ) -> Response[bytes]:
         serving = app_state.serving
-        with recording(serving.recorder, request, ROUTE, name) as record:
+        with recording(serving.recorder, request.scope, ROUTE, name) as record:
             app_state.refuse_if_draining()
             if app_state.backend.name == "queue":
                 raise NotServedHere("this web tier classifies through its queue workers, which take images on "
