@@ -21,9 +21,9 @@ from xml.etree import ElementTree
 from botocore.exceptions import ClientError
 from botocore.utils import percent_encode
 
+from batchserve.client.pooled_http import HttpAnswer
 from batchserve.jobs.aws_errors import READ_TIMEOUT_S
 from batchserve.jobs.short_path import SignedClient, with_retries
-from batchserve.server.remote.http_client import HttpAnswer
 
 # The largest answer taken: a read asks for a range no longer than its own bound.
 MAX_BODY_BYTES = 1 << 31

@@ -1,5 +1,5 @@
 """Signed S3 and SQS requests on a short path: botocore's SigV4 signer and a small pooled HTTP/1.1
-client (server/remote/http_client.py), instead of aiobotocore's whole pipeline.
+client (client/pooled_http.py), instead of aiobotocore's whole pipeline.
 
 The calls a queue-mode process makes for every image (jobs/s3_objects.py, jobs/sqs_calls.py) cost
 about 1.4-1.9 ms of CPU each through aiobotocore on the two-core machine of docs/queue-mode.md
@@ -32,8 +32,7 @@ from botocore.auth import S3SigV4Auth, SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.exceptions import ConnectionClosedError, EndpointConnectionError, ReadTimeoutError
 
-from batchserve.jobs.aws_errors import CONNECT_TIMEOUT_S, is_unavailable
-from batchserve.server.remote.http_client import (
+from batchserve.client.pooled_http import (
     BadAnswer,
     ClientSettings,
     ConnectFailed,
@@ -42,6 +41,7 @@ from batchserve.server.remote.http_client import (
     UpstreamClient,
     tls_context,
 )
+from batchserve.jobs.aws_errors import CONNECT_TIMEOUT_S, is_unavailable
 
 T = TypeVar("T")
 

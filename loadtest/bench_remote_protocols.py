@@ -5,7 +5,7 @@ with the top k) or as a V2 inference request with the binary tensor data extensi
 `image` input and the `probabilities` output as Triton's classification strings (the cheapest
 V2 answer that carries the top k with labels; its scores have six decimals). This module makes N
 such exchanges in turn from this process against one server, each side through the web tier's own
-HTTP client (server/remote/http_client.py, one pooled connection) and decoding the answer into
+HTTP client (client/pooled_http.py, one pooled connection) and decoding the answer into
 predictions, and reports the process CPU time per exchange: the cost the web tier would pay,
 without the web tier's own routes around it.
 """
@@ -20,7 +20,7 @@ from typing import Any
 
 import uvloop
 
-from batchserve.server.remote.http_client import ClientSettings, UpstreamClient
+from batchserve.client.pooled_http import ClientSettings, UpstreamClient
 from batchserve.server.remote.wire import Answered, classify_request, decode_answer, image_answers
 from batchserve.serving.classifier import ImageInput, Prediction
 

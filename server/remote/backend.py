@@ -15,13 +15,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from batchserve import __version__
+from batchserve.client.pooled_http import ClientSettings, UpstreamClient
 from batchserve.model_repo.image_formats import check_declared_type
 from batchserve.server.config import BackendConfig
 from batchserve.server.remote.catalog import UpstreamCatalog
 from batchserve.server.remote.errors import invalid_answer
 from batchserve.server.remote.forwarding import ForwardSettings, Reply, forward
 from batchserve.server.remote.health import HealthChecker
-from batchserve.server.remote.http_client import ClientSettings, UpstreamClient
 from batchserve.server.remote.upstreams import Upstream, UpstreamPool
 from batchserve.server.remote.wire import (
     Answered,

@@ -23,9 +23,9 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from batchserve.client.pooled_http import BadAnswer, ConnectFailed, ConnectionLost, UpstreamClient
 from batchserve.server.remote.errors import DEADLINE, invalid_answer, refused_key, unavailable, upstream_failed
 from batchserve.server.remote.health import refusal_text
-from batchserve.server.remote.http_client import BadAnswer, ConnectFailed, ConnectionLost, UpstreamClient
 from batchserve.server.remote.upstreams import Upstream, UpstreamPool
 from batchserve.server.remote.wire import AnswerError, Outbound, decode_answer, whole_error
 from batchserve.serving.classifier import Deadline

@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping
 
 import msgspec
 
-from batchserve.server.remote.http_client import BadAnswer, ConnectFailed, ConnectionLost, UpstreamClient
+from batchserve.client.pooled_http import BadAnswer, ConnectFailed, ConnectionLost, UpstreamClient
 from batchserve.server.remote.listing import ListingError, decode_models
 from batchserve.server.remote.upstreams import Upstream, UpstreamPool
 

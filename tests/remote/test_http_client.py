@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 import psutil
 import pytest
 
-from batchserve.server.remote.http_client import (
+from batchserve.client.pooled_http import (
     BadAnswer,
     ClientSettings,
     ConnectFailed,

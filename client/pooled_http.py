@@ -1,4 +1,5 @@
-"""The web tier's HTTP/1.1 client for one upstream: a bounded pool of keep-alive connections
+"""A lean HTTP/1.1 client for one origin (the remote web tier's upstreams, the queue worker's S3 and
+SQS endpoints): a bounded pool of keep-alive connections
 (http_connection.py), each request within one deadline, one retry when a pooled connection
 turns out to be stale.
 
@@ -30,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from batchserve.server.remote.http_connection import BadAnswer, ConnectionLost, HttpAnswer, HttpConnection
+from batchserve.client.http_connection import BadAnswer, ConnectionLost, HttpAnswer, HttpConnection
 
 __all__ = ["BadAnswer", "ClientSettings", "ConnectFailed", "ConnectionLost", "HttpAnswer", "UpstreamClient"]
 
