@@ -15,10 +15,6 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import aioboto3
-from aiobotocore.config import AioConfig
-from aiobotocore.session import AioSession
-
 from batchserve.jobs.aws_errors import CONNECT_TIMEOUT_S, READ_TIMEOUT_S, error_code, is_missing, is_unavailable
 from batchserve.jobs.config import MAX_WAIT_TIME_S, QueueLocation
 from batchserve.jobs.s3_objects import ObjectStore
@@ -41,6 +37,11 @@ async def connect(config: QueueLocation, *, connections: int = 10,
                   environ: Mapping[str, str] = os.environ) -> AsyncIterator[AwsClients]:
     """S3 and SQS clients for `config`'s endpoint and region, with `connections` pooled connections
     each (a long poll holds one for its whole wait)."""
+    # Imported here: they take a third of a second, which a server not in queue mode need not pay.
+    import aioboto3
+    from aiobotocore.config import AioConfig
+    from aiobotocore.session import AioSession
+
     endpoint = config.endpoint_url(environ)
     common = {"max_pool_connections": connections, "connect_timeout": CONNECT_TIMEOUT_S,
               "retries": {"mode": "standard", "max_attempts": 3}}
