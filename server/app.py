@@ -100,6 +100,8 @@ def make_lifespan(
         finally:
             if loader is not None and not loader.done():
                 loader.cancel()
+            elif loader is not None and not loader.cancelled():
+                loader.exception()  # logged by _load_models already; read so asyncio does not log it again
             await state.backend.close(state.lifecycle.seconds_left(state.config.lifecycle.shutdown_grace) / 4)
             # In-flight and queued batches finish, then events flush, within what is left of the grace.
             await state.serving.close(state.lifecycle.seconds_left(state.config.lifecycle.shutdown_grace))
