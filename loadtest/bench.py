@@ -27,6 +27,7 @@ import urllib.request
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,7 +35,7 @@ from batchserve.client.http import HttpError, request_json
 from batchserve.loadtest.bench_report import Samples, machine, render, run_and_print, summarise
 from batchserve.loadtest.http_load import LoadClientError, run_load, wrk_available
 from batchserve.loadtest.samples import SAMPLE_PHOTO
-from batchserve.loadtest.server_process import ServerProcess
+from batchserve.loadtest.server_process import ServerProcess, start_servers, stop_servers
 from batchserve.model_repo.repository import DEFAULT_REPOSITORY
 
 if TYPE_CHECKING:  # ONNX Runtime loads only when a bench runs, not when the CLI parser is built
@@ -203,12 +204,8 @@ def run_bench(settings: BenchSettings, say: Callable[[str], None] = lambda _: No
         say(f"loading {settings.model} in process and in a server (client: {client})")
         model_args = ["--models", settings.model, "--model-repo", str(settings.model_repo.resolve()), "--no-events"]
         sim_args = ["--simulate-model", settings.simulate_cost or "", "--no-events"]
-        inproc = in_process = InProcess(settings.model, settings.model_repo, image)  # an unknown model fails here
-        # Both servers start (imports, model loads) at once.
-        for args in [model_args, sim_args] if cost is not None else [model_args]:
-            servers.append(ServerProcess(*args, cwd=scratch).launch())
-        for target in servers:
-            target.wait_ready(target.ready_timeout)
+        inproc = InProcess(settings.model, settings.model_repo, image)  # an unknown model fails here
+        servers = start_servers([model_args, sim_args] if cost is not None else [model_args], log_dir=scratch)
         server, sim = servers[0], (servers[1] if cost is not None else None)
         info: dict[str, Any] = {"machine": machine(), "client": client}
         model = model_info(server, settings.model)
@@ -220,14 +217,14 @@ def run_bench(settings: BenchSettings, say: Callable[[str], None] = lambda _: No
             info["simulated"] = simulated_info(sim, cost, sim_image)
         say("warming up")
         loads = [(server, settings.model, settings.image)] + ([(sim, "simulated", sim_image)] if sim else [])
-        warm_up(loads, max(settings.concurrency), client, lambda: in_process.warmup(list(settings.batch_sizes)))
+        warm_up(loads, max(settings.concurrency), client, partial(inproc.warmup, list(settings.batch_sizes)))
         samples = Samples()
         for r in range(settings.repeats):
             say(f"round {r + 1} of {settings.repeats}")
             _round(settings, inproc, server, sim, samples, say)
         return summarise(settings, samples, info)
     finally:
-        stop_all(servers)
+        stop_servers(servers)
         if inproc is not None:
             inproc.close()
         shutil.rmtree(scratch, ignore_errors=True)
@@ -247,13 +244,6 @@ def warm_up(loads: Sequence[tuple[ServerProcess, str, Path]], concurrency: int, 
         in_process()
         for future in pending:
             future.result()
-
-
-def stop_all(servers: Sequence[ServerProcess]) -> None:
-    """Stop the servers at once (each drains and exits on its own)."""
-    if servers:
-        with ThreadPoolExecutor(len(servers)) as pool:
-            list(pool.map(ServerProcess.stop, servers))
 
 
 def _int_list(text: str) -> tuple[int, ...]:

@@ -42,7 +42,7 @@ from batchserve.loadtest.bench_overload_client import DRAIN_S, MARKER, REQUEST_T
 from batchserve.loadtest.bench_report import machine, run_and_print
 from batchserve.loadtest.http_load import LoadClientError, LoadResult, run_wrk, wrk_available
 from batchserve.loadtest.samples import SAMPLE_PHOTO
-from batchserve.loadtest.server_process import ServerProcess, start_server, start_servers
+from batchserve.loadtest.server_process import ServerProcess, start_server, start_servers, stop_servers
 from batchserve.model_repo.repository import DEFAULT_REPOSITORY
 
 GOODPUT_TARGET = 0.9  # open loop: goodput over saturated throughput, at least
@@ -351,8 +351,7 @@ def run_overload(settings: OverloadSettings, say: Callable[[str], None] = lambda
             "servers": {t.name: summarise_target(t) for t in targets},
         }
     finally:
-        for target in targets:
-            target.server.stop()
+        stop_servers([target.server for target in targets])
         shutil.rmtree(scratch, ignore_errors=True)
 
 

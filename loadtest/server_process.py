@@ -10,6 +10,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from batchserve.client.http import HttpError, request_json
@@ -147,7 +148,13 @@ def start_servers(arg_lists: Sequence[Sequence[str]], *, log_dir: Path | None = 
         for server in servers:
             server.wait_ready(ready_timeout)
     except BaseException:
-        for server in servers:
-            server.stop(timeout=5)
+        stop_servers(servers, timeout=5)
         raise
     return servers
+
+
+def stop_servers(servers: Sequence[ServerProcess], timeout: float = 20.0) -> None:
+    """Stop the servers at once (each drains and exits on its own)."""
+    if servers:
+        with ThreadPoolExecutor(len(servers)) as pool:
+            list(pool.map(lambda server: server.stop(timeout), servers))
