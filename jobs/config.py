@@ -31,6 +31,11 @@ MAX_RECEIVE_COUNT = 3
 # maximum, since a standard queue's message keeps its first enqueue time when it moves there.
 MIN_RETENTION_S, MAX_RETENTION_S = 60, 14 * 24 * 3600
 DEFAULT_REGION = "us-east-1"
+# Small images travel inside their request message too (base64 in the JSON: a third larger). An
+# SQS message holds 256 KiB, the other fields included; SQS bills each 64 KiB of a message as one
+# request, so by default a message with its image (45 KiB, 60 KiB encoded) stays within one.
+INLINE_CEILING_BYTES = 160 * 1024
+INLINE_DEFAULT_BYTES = 45 * 1024
 # Queue names: letters, digits, '-' and '_', at most 80 characters; the longest derived one is
 # NAME-reply-<32 hex>, so NAME keeps room for it. Bucket names are stricter (lower case, dots).
 _NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,37}$")

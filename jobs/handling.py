@@ -141,6 +141,11 @@ class Handler:
     async def _read_image(self, request: RequestMessage) -> ImageInput:
         where = f"s3://{request.image_bucket}/{request.image_key}"
         limit = self.config.max_image_bytes
+        if request.image_data is not None:  # it came with the message: no object to read
+            if len(request.image_data) > limit:
+                raise PayloadTooLarge(f"the image in the message for {where} is {len(request.image_data)} bytes, "
+                                      f"more than the {limit} this worker reads")
+            return ImageInput(request.image_data, request.image_file_name, _image_type(request.image_content_type))
         try:
             stored = await retrying(lambda: self.aws.objects.get(request.image_bucket, request.image_key, limit),
                                     f"reading {where}", log, self.keep_trying)
@@ -151,8 +156,7 @@ class Handler:
         if stored.size > limit:
             raise PayloadTooLarge(f"the image at {where} is {stored.size} bytes, more than the {limit} this worker "
                                   "reads")
-        content_type = stored.content_type if stored.content_type.startswith("image/") else None
-        return ImageInput(stored.data, request.image_file_name, content_type)
+        return ImageInput(stored.data, request.image_file_name, _image_type(stored.content_type))
 
     async def _answer_malformed(self, held: HeldMessage, exc: MalformedMessage) -> Outcome:
         """Answered on NAME-responses (or the reply queue it names, when that is valid), and stored
@@ -211,6 +215,11 @@ class Handler:
     async def _store(self, key: str, body: bytes) -> None:
         await retrying(lambda: self.aws.objects.put(self.names.output_bucket, key, body, "application/json"),
                        f"writing s3://{self.names.output_bucket}/{key}", log, self.keep_trying)
+
+
+def _image_type(content_type: str | None) -> str | None:
+    """A declared type the decoder may check the bytes against; anything else is left to sniffing."""
+    return content_type if content_type is not None and content_type.startswith("image/") else None
 
 
 def _worker_ms(held: HeldMessage) -> float:

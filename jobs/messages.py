@@ -16,6 +16,7 @@ from typing import Annotated, Any
 
 import msgspec
 
+from batchserve.jobs.config import INLINE_CEILING_BYTES
 from batchserve.jobs.errors import MalformedMessage
 
 # Ids become parts of S3 keys: one path segment of safe characters, so no id can reach another
@@ -49,6 +50,11 @@ class RequestMessage(msgspec.Struct, kw_only=True):
     user: _TEXT = "anonymous"  # already a key id, never a key
     client_ip: _TEXT | None = None
     user_agent: _TEXT | None = None
+    # A small image travels inside the message too (base64 in the JSON), so the worker reads no
+    # object; the copy at image_bucket/image_key stays the record. A worker that does not know these
+    # fields reads the object as before.
+    image_data: Annotated[bytes, msgspec.Meta(max_length=INLINE_CEILING_BYTES)] | None = None
+    image_content_type: _TEXT | None = None
 
     def __post_init__(self) -> None:
         if self.image_id == MANIFEST_STEM:

@@ -18,11 +18,14 @@ def clipped(value: str | None) -> str | None:
 
 
 def request_message(*, image_id: str, bucket: str, key: str, file_name: str | None, model: LoadedModel, top_k: int,
-                    caller: Caller, job_id: str | None = None, reply_to: str | None = None) -> RequestMessage:
-    """The message asking a worker to classify the image at s3://`bucket`/`key` for `caller`."""
+                    caller: Caller, job_id: str | None = None, reply_to: str | None = None,
+                    inline: bytes | None = None, content_type: str | None = None) -> RequestMessage:
+    """The message asking a worker to classify the image at s3://`bucket`/`key` for `caller`; with
+    `inline`, the image's bytes travel in the message as well."""
     return RequestMessage(
         image_id=image_id, request_id=caller.request_id[:REQUEST_ID_LIMIT], image_bucket=bucket, image_key=key,
         image_file_name=clipped(file_name), model=model.name, version=model.version, top_k=top_k, job_id=job_id,
         reply_to=reply_to, received_at=caller.received_at, user=caller.user[:TEXT_LIMIT],
         client_ip=clipped(caller.client_ip), user_agent=clipped(caller.user_agent),
+        image_data=inline, image_content_type=None if inline is None else clipped(content_type),
     )

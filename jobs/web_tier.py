@@ -31,7 +31,7 @@ import msgspec
 
 from batchserve.jobs.aws import AwsClients, connect, is_missing, is_unavailable
 from batchserve.jobs.backoff import Backoff, GaveUp
-from batchserve.jobs.config import MAX_RECEIVE_MESSAGES, MAX_WAIT_TIME_S, QueueLocation
+from batchserve.jobs.config import INLINE_DEFAULT_BYTES, MAX_RECEIVE_MESSAGES, MAX_WAIT_TIME_S, QueueLocation
 from batchserve.jobs.errors import QueueModeSetupError
 from batchserve.jobs.messages import RequestMessage, Result, decode_result, encode
 from batchserve.jobs.replies import Responder
@@ -75,6 +75,7 @@ class WebTierSettings:
     timeout_ms: float
     reply_pollers: int = 2
     wait_time_s: int = MAX_WAIT_TIME_S
+    inline_max_bytes: int = INLINE_DEFAULT_BYTES  # images up to this size also travel in their message
 
 
 class QueueBackend:
@@ -180,9 +181,10 @@ class QueueBackend:
         if not self._reachable:
             return Failed(position, image, unavailable("the last call failed"), "batch")
         image_id = uuid.uuid4().hex
+        inline = image.data if len(image.data) <= self.settings.inline_max_bytes else None
         message = request_message(image_id=image_id, bucket=self.names.input_bucket, key=f"{UPLOAD_PREFIX}/{image_id}",
                                   file_name=image.filename, model=model, top_k=k, caller=caller,
-                                  reply_to=self._reply_url)
+                                  reply_to=self._reply_url, inline=inline, content_type=image.content_type)
         answer: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
         self._waiting[image_id] = answer
         try:

@@ -36,6 +36,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from batchserve.jobs.config import INLINE_CEILING_BYTES, INLINE_DEFAULT_BYTES
 from batchserve.loadtest.bench_report import run_and_print
 from batchserve.loadtest.samples import SAMPLE_IMAGES, SAMPLE_PHOTO
 from batchserve.model_repo.repository import DEFAULT_REPOSITORY
@@ -55,6 +56,7 @@ class QueueBenchSettings:
     image: Path = SAMPLE_PHOTO
     workload_images: Path = SAMPLE_IMAGES
     pin: bool = True  # moto and the web tier on one CPU, the model's processes on another
+    inline_max_bytes: int = INLINE_DEFAULT_BYTES  # as the web tier's --queue-inline-max-bytes
 
     def __post_init__(self) -> None:
         if self.duration <= 0 or self.repeats < 1:
@@ -63,6 +65,8 @@ class QueueBenchSettings:
             raise ValueError("--backlog must be at least 1")
         if not self.image.is_file():
             raise ValueError(f"image {self.image} does not exist")
+        if not 0 <= self.inline_max_bytes <= INLINE_CEILING_BYTES:
+            raise ValueError(f"--queue-inline-max-bytes must be in 0..{INLINE_CEILING_BYTES}")
 
 
 def _median(values: list[float]) -> float | None:
@@ -163,7 +167,8 @@ def render(report: dict[str, Any]) -> str:
         f"{w['direct_completed']}/{w['images']}, correct {w['direct_correct']}/{w['images']}",
         f"    queue / direct               {_fmt(w['ratio'], '.2f'):>6}x",
         "",
-        f"(b) one worker draining {k['backlog']} queued images ({s['image_bytes'] / 1024:.0f} KB JPEG)",
+        f"(b) one worker draining {k['backlog']} queued images ({s['image_bytes'] / 1024:.0f} KB JPEG, "
+        + ("inside each message)" if s["image_bytes"] <= s["inline_max_bytes"] else "read from S3)"),
         f"    worker {_fmt(k['images_per_s'])} images/s, in-process limit {_fmt(k['limit_images_per_s'])} images/s "
         f"(batch {s['limit_batch_size']}): ratio {_fmt(k['ratio'], '.2f')} (target >= {t['worker_ratio_min']}) "
         f"{_met(t['worker_ratio_met'])}; error answers: {k['errors']}",
@@ -198,6 +203,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "--model-repo, --image, --json)")
     parser.add_argument("--backlog", type=int, default=QueueBenchSettings.backlog,
                         help="with --queue: request messages the worker drains in each round")
+    parser.add_argument("--queue-inline-max-bytes", dest="inline_max_bytes", type=int,
+                        default=QueueBenchSettings.inline_max_bytes,
+                        help="with --queue: the web tier's --queue-inline-max-bytes, and the same rule for the "
+                             "messages the bench queues itself (0: every image is read from S3)")
     parser.add_argument("--no-pin", dest="pin", action="store_false",
                         help="with --queue: leave every process on every cpu (by default moto and the web tier run "
                              "on the first cpu, the worker, the direct server and the in-process reference on the "
@@ -209,7 +218,8 @@ def run_from_args(args: argparse.Namespace) -> int:
 
     try:
         settings = QueueBenchSettings(duration=args.duration, repeats=args.repeats, backlog=args.backlog,
-                                      model=args.model, model_repo=args.model_repo, image=args.image, pin=args.pin)
+                                      model=args.model, model_repo=args.model_repo, image=args.image, pin=args.pin,
+                                      inline_max_bytes=args.inline_max_bytes)
     except ValueError as exc:
         print(f"batchserve bench: {exc}", file=sys.stderr)
         return 2

@@ -213,6 +213,12 @@ class Stack:
     def add(self, key: str, value: Any) -> None:
         self.samples.setdefault(key, []).append(value)
 
+    def inline(self) -> dict[str, Any]:
+        """The image fields of a request message, as the web tier fills them for this image."""
+        if len(self.image) > self.settings.inline_max_bytes:
+            return {}
+        return {"image_data": self.image, "image_content_type": self.content_type}
+
 
 # ---- (a) the workload -------------------------------------------------------------------------
 async def _workload(url: str, stack: Stack) -> dict[str, Any]:
@@ -288,7 +294,7 @@ async def measure_worker(stack: Stack, aws: AwsClients, round_number: int, say: 
     bodies = [encode(RequestMessage(image_id=uuid.uuid4().hex, request_id=f"bench-{round_number}-{i}",
                                     image_bucket=names.input_bucket, image_key=key,
                                     image_file_name=stack.settings.image.name, model=stack.settings.model,
-                                    reply_to=reply_url)).decode() for i in range(n)]
+                                    reply_to=reply_url, **stack.inline())).decode() for i in range(n)]
     try:
         limit_cpu = time.process_time()
         with running_on(stack.pinning.model):
@@ -403,7 +409,7 @@ async def _through_worker(aws: AwsClients, stack: Stack, requests_url: str, repl
     key = f"uploads/{image_id}"
     message = RequestMessage(image_id=image_id, request_id=f"bench-{image_id}", image_bucket=names.input_bucket,
                              image_key=key, image_file_name=stack.settings.image.name, model=stack.settings.model,
-                             reply_to=reply_url)
+                             reply_to=reply_url, **stack.inline())
     started = time.perf_counter()
     await aws.s3.put_object(Bucket=names.input_bucket, Key=key, Body=stack.image, ContentType=stack.content_type)
     await aws.sqs.send_message_batch(QueueUrl=requests_url, Entries=[{"Id": "0", "MessageBody": encode(message)
@@ -496,7 +502,8 @@ def run_queue_bench(settings: QueueBenchSettings, say: Callable[[str], None] = l
         # The worker and the web tier find the deployment from what `queue up` prints, as in production.
         env = {**moto.environment(), **queue_up(name, moto)}
         worker = WorkerChild(repo, {**os.environ, **env}, scratch / "worker.log", cpus=pinning.model)
-        web = ServerProcess("--backend", "queue", *repo, env=env, cwd=scratch / "web", ready_timeout=START_TIMEOUT_S)
+        web = ServerProcess("--backend", "queue", *repo, "--queue-inline-max-bytes", str(settings.inline_max_bytes),
+                            env=env, cwd=scratch / "web", ready_timeout=START_TIMEOUT_S)
         started += [worker, web]
         worker.start()
         web.launch()

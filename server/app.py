@@ -53,7 +53,8 @@ def build_state(config: ServerConfig) -> AppState:
     backend: Backend = DirectBackend(serving.classifier)
     if queued:
         backend = QueueBackend(WebTierSettings(config.queue, config.backend.queue_timeout_ms,
-                                               config.backend.reply_pollers))
+                                               config.backend.reply_pollers,
+                                               inline_max_bytes=config.backend.queue_inline_max_bytes))
     elif remote:
         # The upstreams serve the models: the routes read them from a catalog of their listings.
         forwarding = RemoteBackend.build(config.backend, config.serving,

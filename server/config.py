@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Literal
 
 from batchserve.events.config import EventsConfig
-from batchserve.jobs.config import QueueLocation
+from batchserve.jobs.config import INLINE_CEILING_BYTES, INLINE_DEFAULT_BYTES, QueueLocation
 from batchserve.server.remote.urls import upstream_urls
 from batchserve.serving.backend import BackendName
 from batchserve.serving.cache_config import CacheConfig
@@ -184,6 +184,10 @@ class BackendConfig:
         "help": "queue backend: buckets a job may name in s3:// inputs (none: only uploads)"})
     reply_pollers: int = field(default=2, metadata={
         "help": "queue backend: long polls kept on this instance's reply queue"})
+    queue_inline_max_bytes: int = field(default=INLINE_DEFAULT_BYTES, metadata={
+        "help": "queue backend: an image up to this size travels inside its request message as well as to the "
+                "input bucket, so the worker reads no object (one S3 call less per image); the default keeps such "
+                f"a message within one 64 KiB SQS billing unit; 0: never; at most {INLINE_CEILING_BYTES}"})
     upstream: tuple[str, ...] = field(default=(), metadata={
         "help": "remote backend: base URLs of the batchserve servers that classify, e.g. "
                 "http://10.0.0.5:8000,http://10.0.0.6:8000"})
@@ -214,6 +218,9 @@ class BackendConfig:
             raise ValueError(f"queue_timeout_ms must be in (0, 900000], not {self.queue_timeout_ms:g}")
         if not 1 <= self.reply_pollers <= 16:
             raise ValueError(f"reply_pollers must be in 1..16, not {self.reply_pollers}")
+        if not 0 <= self.queue_inline_max_bytes <= INLINE_CEILING_BYTES:
+            raise ValueError(f"queue_inline_max_bytes must be in 0..{INLINE_CEILING_BYTES}, "
+                             f"not {self.queue_inline_max_bytes}")
         object.__setattr__(self, "upstream", upstream_urls(tuple(self.upstream)))
         if self.upstream_api_key is not None and (not self.upstream_api_key.strip()
                                                   or any(c in self.upstream_api_key for c in "\r\n")):

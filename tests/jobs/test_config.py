@@ -64,3 +64,12 @@ def test_a_bad_environment_value_names_its_variable() -> None:
         _worker_settings(["--queue-name", "shop"], {"BATCHSERVE_POLLERS": "many"})
     with pytest.raises(ValueError, match="receive_max_messages"):
         _worker_settings(["--queue-name", "shop", "--receive-max-messages", "20"], {})
+
+
+@pytest.mark.parametrize("size", [-1, 160 * 1024 + 1])
+def test_an_inline_image_bound_sqs_could_not_carry_is_refused(size: int) -> None:
+    from batchserve.server.config import BackendConfig
+
+    with pytest.raises(ValueError, match="queue_inline_max_bytes"):
+        BackendConfig(queue_inline_max_bytes=size)
+    assert BackendConfig(queue_inline_max_bytes=0).queue_inline_max_bytes == 0

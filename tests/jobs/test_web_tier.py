@@ -177,6 +177,37 @@ async def test_without_workers_a_request_answers_504_at_its_deadline(
         assert server.stop() == 0, server.log_tail()
 
 
+async def test_a_small_image_travels_inside_its_message_and_every_image_is_stored(
+        deployment: Deployment, built_models: Path, chelsea: bytes, tmp_path: Path) -> None:
+    import base64
+    import io
+
+    from PIL import Image
+
+    small = io.BytesIO()
+    Image.new("RGB", (8, 8), (200, 30, 30)).save(small, "PNG")
+    server = web_tier(deployment, tmp_path, "--model-repo", str(built_models), "--queue-timeout-ms", "300",
+                      "--queue-inline-max-bytes", str(len(chelsea) - 1))
+    await asyncio.to_thread(server.start)
+    try:
+        for data, kind in ((small.getvalue(), "image/png"), (chelsea, "image/jpeg")):
+            status, _, body = await asyncio.to_thread(call, f"{server.url}/v1/classify", data, {"Content-Type": kind})
+            assert status == 504, body  # no worker runs: only the messages matter here
+    finally:
+        assert server.stop() == 0, server.log_tail()
+    answer = await deployment.aws.sqs.receive_message(QueueUrl=deployment.requests_url, MaxNumberOfMessages=10,
+                                                      WaitTimeSeconds=1)
+    messages = {len(m.get("image_data") or ""): m for m in (json.loads(r["Body"]) for r in answer["Messages"])}
+    assert len(messages) == 2, messages
+    carried, by_key = messages[max(messages)], messages[0]
+    assert base64.b64decode(carried["image_data"]) == small.getvalue()
+    assert carried["image_content_type"] == "image/png"
+    assert by_key["image_data"] is None and by_key["image_content_type"] is None
+    for message, data in ((carried, small.getvalue()), (by_key, chelsea)):  # the bucket keeps every upload
+        stored = await deployment.aws.s3.get_object(Bucket=message["image_bucket"], Key=message["image_key"])
+        assert await stored["Body"].read() == data
+
+
 async def test_s3_and_sqs_out_of_reach_answer_503_and_the_tier_recovers(
         deployment: Deployment, built_models: Path, chelsea: bytes, tmp_path: Path, moto_endpoint: str) -> None:
     proxy = TcpProxy("127.0.0.1", int(moto_endpoint.rsplit(":", 1)[1]))

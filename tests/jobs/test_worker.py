@@ -415,3 +415,36 @@ async def test_results_say_when_the_cache_or_a_fallback_answered(
     assert cached["predictions"] == fresh["predictions"]
     stored = await deployment.result_object(f"sync/{to_alpha['image_id']}.json")
     assert stored["fallback_for"] == "alpha"
+
+
+async def test_an_image_inside_its_message_is_classified_without_reading_s3(
+        deployment: Deployment, built_models: Path, tmp_path: Path, chelsea: bytes) -> None:
+    import base64
+
+    def inline(data: bytes) -> str:
+        return base64.b64encode(data).decode()
+
+    await deployment.put_image("stored.jpg", chelsea)
+    from_s3 = deployment.request("stored.jpg", top_k=3)
+    # No object exists at these keys: an answer proves the worker read the message, not S3.
+    carried = deployment.request("absent.jpg", top_k=3, image_data=inline(chelsea), image_content_type="image/jpeg")
+    cases = {
+        "payload_too_large": deployment.request("absent-big.jpg", image_data=inline(bytes(MAX_IMAGE_BYTES + 1))),
+        "invalid_image": deployment.request("absent-garbage.jpg", image_data=inline(b"not an image")),
+        "invalid_request": deployment.request("absent-b64.jpg", image_data="%%% not base64 %%%"),
+    }
+    with WorkerProcess(deployment.name, "--model-repo", str(built_models), "--models", "efficientnet_lite0",
+                       "--max-image-bytes", str(MAX_IMAGE_BYTES), cwd=tmp_path) as worker:
+        await deployment.send_all([from_s3, carried, *cases.values()])
+        answers = await deployment.collect({m["image_id"] for m in [from_s3, carried, *cases.values()]},
+                                           ANSWER_TIMEOUT_S)
+        await wait_until(lambda: emptied(deployment), 30, "the request queue to empty")
+        assert worker.stop() == 0, worker.log()
+    assert "error" not in answers[carried["image_id"]], answers[carried["image_id"]]
+    assert answers[carried["image_id"]]["predictions"] == answers[from_s3["image_id"]]["predictions"]
+    assert answers[carried["image_id"]]["image_file_name"] == "absent.jpg"
+    for code, message in cases.items():
+        assert answers[message["image_id"]]["error"]["code"] == code, answers[message["image_id"]]
+    assert "image_data" in answers[cases["invalid_request"]["image_id"]]["error"]["message"]
+    assert f"{MAX_IMAGE_BYTES + 1} bytes, more than the {MAX_IMAGE_BYTES}" in \
+        answers[cases["payload_too_large"]["image_id"]]["error"]["message"]
