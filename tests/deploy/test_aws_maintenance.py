@@ -100,3 +100,16 @@ def test_on_moto_the_task_reads_the_rds_password_and_nothing_else_from_the_secre
     assert environment["BATCHSERVE_DATABASE_URL"] == f"postgresql://batchserve@{host}:5432/batchserve?sslmode=require"
     assert [(s["name"], s["valueFrom"]) for s in container["secrets"]] == [("PGPASSWORD", f"{SECRET}:password::")]
     assert container["command"] == ["batchserve", "db", "backup", "--to", "s3://bs-backups/backups/"]
+
+
+@pytest.mark.parametrize(("stack", "bucket"), [("template.yaml", "Bucket"), ("queue_template.yaml", "OutputBucket")])
+def test_the_stacks_bucket_is_the_backups_default_target(template: dict[str, Any], stack: str, bucket: str) -> None:
+    # The stack's bucket keeps backups/ for a while, says so in an output, and the scheduled task
+    # writes exactly there: the output is what `BackupBucket` and `db backup --to` are given.
+    deployed = cfn_yaml.load(cfn_yaml.TEMPLATE_PATH.with_name(stack))
+    assert deployed["Outputs"]["BackupLocation"]["Value"] == {"Fn::Sub": f"s3://${{{bucket}}}/backups/"}
+    rules = deployed["Resources"][bucket]["Properties"]["LifecycleConfiguration"]["Rules"]
+    (expiry,) = [r for r in rules if r.get("Prefix") == "backups/"]
+    assert expiry["Status"] == "Enabled" and expiry["ExpirationInDays"] == {"Ref": "BackupObjectRetentionDays"}
+    (container,) = template["Resources"]["TaskDefinition"]["Properties"]["ContainerDefinitions"]
+    assert container["Command"][-1] == {"Fn::Sub": "s3://${BackupBucket}/backups/"}
