@@ -110,7 +110,8 @@ def add_model(request: AddRequest) -> AddReport:
         raise ModelAddError("repository", f"cannot write the model into {repo}: {exc}") from None
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return AddReport(target, facts, plan, found.output_kind, plan.notes + found.notes, checks, replaced)
+    return AddReport(target, facts, plan, found.output_kind, plan.notes + found.notes + _duplicate_labels(labels),
+                     checks, replaced)
 
 
 def read_label_file(path: Path) -> list[str]:
@@ -126,6 +127,21 @@ def read_label_file(path: Path) -> list[str]:
     if not labels:
         raise ModelAddError("labels_empty", f"--labels {path} holds no labels")
     return labels
+
+
+def _duplicate_labels(labels: list[str]) -> tuple[str, ...]:
+    """A note, not a refusal: real label sets repeat names (torchvision's ImageNet list has two
+    'crane's and two 'maillot's), and answers stay told apart by their class ids."""
+    seen: dict[str, list[int]] = {}
+    for class_id, label in enumerate(labels):
+        seen.setdefault(label, []).append(class_id)
+    repeated = {label: ids for label, ids in seen.items() if len(ids) > 1}
+    if not repeated:
+        return ()
+    shown = "; ".join(f"{label!r} (classes {', '.join(map(str, ids))})" for label, ids in list(repeated.items())[:5])
+    more = f" and {len(repeated) - 5} more" if len(repeated) > 5 else ""
+    return (f"{len(repeated)} label(s) name more than one class: {shown}{more}; answers tell them apart only by "
+            "class_id (check the labels file if that is not intended)",)
 
 
 def _line_labels(path: Path, text: str) -> list[str]:

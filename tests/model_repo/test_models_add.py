@@ -258,3 +258,15 @@ def test_external_weights_are_folded_into_the_served_file(tmp_path: Path, labels
     served = tmp_path / "repo" / "ext" / "1"
     assert sorted(p.name for p in served.iterdir()) == ["model.onnx"]
     assert top1(parse_model_config(served.parent / "config.toml"), CHELSEA) == "red"
+
+
+def test_repeated_labels_are_reported_not_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    graph = channel_mean_classifier(tmp_path / "g.onnx")
+    repeated = labels_file(tmp_path / "labels.txt", ("crane", "green", "crane"))
+    assert add(tmp_path / "repo", "cranes", graph, repeated) == 0
+    out = capsys.readouterr().out
+    assert "1 label(s) name more than one class: 'crane' (classes 0, 2)" in out
+    spec = parse_model_config(tmp_path / "repo" / "cranes" / "config.toml")
+    assert spec.read_labels() == ["crane", "green", "crane"]
+    assert add(tmp_path / "repo", "distinct", graph, labels_file(tmp_path / "rgb.txt")) == 0
+    assert "more than one class" not in capsys.readouterr().out

@@ -23,6 +23,7 @@ from typing import Any
 
 import httpx
 import numpy as np
+import onnx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
@@ -30,6 +31,7 @@ from redis.asyncio import Redis
 from batchserve.events.config import EventsConfig
 from batchserve.jobs.options import WORKER_OPTIONS, worker_settings
 from batchserve.loadtest.server_process import free_port
+from batchserve.model_repo.synthetic import build_tiny
 from batchserve.server.app import create_app
 from batchserve.server.options import build_config, from_sources
 from batchserve.serving.cache import INLINE_HASH_BYTES, CachedScores, CacheStats, digests_of
@@ -176,6 +178,22 @@ def test_memory_is_bounded_and_the_least_recently_used_answer_goes_first() -> No
     np.testing.assert_array_equal(store.get("m", 1, "d").logits, scores(5).logits)  # type: ignore[union-attr]
 
 
+async def test_cache_max_bytes_bounds_the_cache_of_a_serving_core(repo: Path) -> None:
+    entry = 1000 * 4 + ENTRY_OVERHEAD_BYTES  # tiny's 1000 float32 scores
+    bounded = CacheConfig(cache="memory", cache_max_bytes=2 * entry)
+    async with serving_of(repo, cache=bounded) as serving:
+        for seed in (30, 31, 32):
+            await classify(serving, "alpha", photo(seed))
+        store = memory_of(serving)
+        evictions = dict(serving.cache.stats.evictions) if serving.cache else None
+        entries, held = len(store), store.bytes
+        oldest_again = await classify(serving, "alpha", photo(30))
+        newest_again = await classify(serving, "alpha", photo(32))
+    assert store.max_bytes == 2 * entry and (entries, held) == (2, 2 * entry)
+    assert evictions == {"capacity": 1}
+    assert oldest_again.cached is None and newest_again.cached is not None
+
+
 def test_an_answer_larger_than_the_whole_cache_is_not_kept() -> None:
     store = MemoryStore(1000, ttl_s=0, stats=CacheStats())
     store.put("m", 1, "a", scores(1))
@@ -209,6 +227,26 @@ async def test_a_rebuilt_version_drops_its_entries_before_it_answers(repo: Path)
     assert not np.allclose(new.logits, old.logits)
     assert again.cached is not None and np.array_equal(again.logits, new.logits)
     assert cache_stats is not None and cache_stats.evictions["version"] == 1 and entries == 1
+
+
+async def test_a_newer_version_taking_over_drops_the_old_versions_entries(repo: Path) -> None:
+    image = photo(7)
+    digest = hashlib.sha256(image.data).hexdigest()
+    async with serving_of(repo, sweep_s=0.02) as serving:
+        old = await classify(serving, "alpha", image)
+        store = memory_of(serving)
+        (repo / "alpha" / "2").mkdir()
+        onnx.save(build_tiny(9), str(repo / "alpha" / "2" / "model.onnx"))  # the policy serves the newest
+        await serving.registry.load("alpha")
+        assert [m.version for m in serving.registry.loaded()] == [2]
+        await until(lambda: store.get("alpha", 1, digest) is None, "the sweep to drop version 1's entry")
+        new = await classify(serving, "alpha", image)
+        again = await classify(serving, "alpha", image)
+        kept = len(store)
+        evictions = serving.cache.stats.evictions if serving.cache else None
+    assert new.cached is None and not np.allclose(new.logits, old.logits)  # version 2 computed its own
+    assert again.cached is not None and kept == 1
+    assert evictions is not None and evictions["version"] == 1
 
 
 async def test_an_unloaded_model_loses_its_entries(repo: Path) -> None:

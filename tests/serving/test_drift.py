@@ -10,6 +10,7 @@ import io
 import json
 import math
 import random
+import re
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -20,6 +21,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -45,7 +47,19 @@ from batchserve.serving.drift_psi import psi, top_bins, window_bins
 from batchserve.serving.errors import ErrorInfo
 from batchserve.serving.fallback import StandIn
 
-ALERT_THRESHOLD = 0.2  # deploy/prometheus/alerts.yml
+ALERTS = Path(__file__).resolve().parents[2] / "deploy" / "prometheus" / "alerts.yml"
+
+
+def psi_alert_threshold() -> float:
+    """The threshold of the class-mix alert as deploy/prometheus/alerts.yml sets it."""
+    groups = yaml.safe_load(ALERTS.read_text(encoding="utf-8"))["groups"]
+    (expr,) = [r["expr"] for g in groups for r in g["rules"] if r.get("alert") == "BatchserveClassMixDrift"]
+    found = re.search(r"batchserve_drift_psi\)?\s*>\s*([0-9.]+)", expr)
+    assert found, expr
+    return float(found.group(1))
+
+
+ALERT_THRESHOLD = psi_alert_threshold()
 
 
 # --- PSI ------------------------------------------------------------------------------------------
