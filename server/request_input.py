@@ -30,7 +30,10 @@ async def read_images(request: Request, max_files: int) -> tuple[list[ImageInput
     """(images, is_multipart) from a raw image body or a multipart form with `image` files."""
     media_type = request.content_type[0].lower()
     if media_type == MULTIPART:
-        form = await request.form()
+        try:
+            form = await request.form()
+        except InternalServerException as exc:  # as in read_body: the client hung up mid-form
+            raise InvalidRequest(CLIENT_LEFT) from exc
         parts = form.getall("image") if "image" in form else []
         if not parts:
             fields = ", ".join(sorted(form.keys())) or "none"

@@ -339,3 +339,31 @@ def test_a_declared_body_over_the_limit_is_refused_before_it_is_read(tmp_path: P
         status, _, answer = read_answer(sock)
         assert status == 200 and json.loads(answer)["status"] == "ok"
     assert ("big-1", 413, "payload_too_large") in event_rows(events)
+
+
+@pytest.mark.slow
+def test_connections_past_max_connections_are_refused_before_the_app(tmp_path: Path) -> None:
+    """`--max-connections` bounds idle and slow connections too: past it uvicorn answers a bare 503
+    itself, and once connections close the server answers again."""
+    limit = 3
+    server = ServerProcess("--simulate-model", "5+0", "--no-events", "--max-connections", str(limit),
+                           "--shutdown-grace", "2", "--drain-delay", "0", cwd=tmp_path)
+    health = b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n"
+    with server:
+        idle = [socket.create_connection(("127.0.0.1", server.port), timeout=30) for _ in range(limit)]
+        try:
+            with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+                sock.sendall(health)
+                status, _, answer = read_answer(sock)
+            assert status == 503 and b"status" not in answer  # uvicorn's own answer: the app never ran
+        finally:
+            for sock in idle:
+                sock.close()
+
+        def served() -> bool:
+            with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+                sock.sendall(health)
+                return read_answer(sock)[0] == 200
+
+        # The server notices the closed connections on its own schedule; each try is a fresh connection.
+        assert any(served() for _ in range(200))

@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from tests.server.conftest import png_bytes
+from tests.server.twin_apps import Request, chunk, events, twins
 
 INFER = "/v2/models/tiny/infer"
 SUPERSCRIPT_ONE = "\u00b9"  # isdigit() is true, int() refuses it; one byte (0xb9) in a latin-1 header
@@ -180,3 +181,19 @@ async def test_a_small_sixteen_bit_png_declaring_many_pixels_is_classified_or_re
     assert ok.status_code == 200, ok.text
     assert too_large.status_code == 413, too_large.text
     assert too_large.json()["error"]["code"] == "payload_too_large"
+
+
+async def test_a_client_that_hangs_up_in_the_middle_of_a_multipart_form_is_a_400(
+    built_models: Path, tmp_path: Path,
+) -> None:
+    """As with a raw body: a client that leaves is no server error (no 500 in logs, metrics or events)."""
+    form = (b'--XyZ\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n'
+            b"Content-Type: image/png\r\n\r\n" + png_bytes())
+    left = Request("multipart-client-left", b"", [(b"content-type", b"multipart/form-data; boundary=XyZ")], None,
+                   [chunk(form[: len(form) // 2], more=True)])
+    async with twins(tmp_path, model_repo=built_models, models=("tiny",)) as apps:
+        answer, _ = await apps.both(left)
+    assert answer.status == 400, answer.body
+    assert b"disconnected before the request body was complete" in answer.body
+    assert [(row[0], row[4], row[5]) for row in events(apps.folders[0])] == [
+        ("multipart-client-left", 400, "invalid_request")]
