@@ -25,13 +25,15 @@ def status(name: str) -> dict[str, dict[str, Any]]:
 
 async def test_up_creates_what_is_missing_once_and_prints_the_settings_to_export(aws: Any) -> None:
     name = unique_name()
-    first = queue_cli("up", "--name", name, "--retention-s", "7200", "--sync-results-days", "2")
+    first = queue_cli("up", "--name", name, "--retention-s", "7200", "--sync-results-days", "2",
+                      "--visibility-timeout-s", "45")
     assert first.returncode == 0, first.stderr
     exported = dict(line.split("=", 1) for line in first.stdout.splitlines())
     assert exported["BATCHSERVE_QUEUE_NAME"] == name
     assert exported["BATCHSERVE_INPUT_BUCKET"] == f"{name}-input"
     assert exported["BATCHSERVE_OUTPUT_BUCKET"] == f"{name}-output"
     assert exported["BATCHSERVE_AWS_ENDPOINT_URL"].startswith("http://127.0.0.1:")
+    assert exported["BATCHSERVE_VISIBILITY_TIMEOUT_S"] == "45"  # workers started from these lines use it
     assert first.stderr.count("created") == 5
 
     again = queue_cli("up", "--name", name, "--retention-s", "7200", "--sync-results-days", "2")
