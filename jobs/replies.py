@@ -24,8 +24,14 @@ log = logging.getLogger("batchserve.worker")
 
 # Sends under way to one queue at once; more responses wait and go out together.
 SENDS_PER_QUEUE = 2
-# SQS caps a batch at 256 KiB of bodies; a response is about 1 KB (up to ~70 KB with every class).
+# SQS caps a batch at 256 KiB of bodies; a response is about 1 KB (up to ~70 KB with every class), a
+# request with its image inside up to about 230 KB.
 MAX_BATCH_BYTES = 240 * 1024
+
+
+def _encoded_size(body: str) -> int:
+    """What SQS counts: UTF-8 bytes (file names and user agents may hold any characters)."""
+    return len(body) if body.isascii() else len(body.encode())
 
 
 class ReplyQueueGone(Exception):
@@ -89,8 +95,8 @@ class Responder:
             batch: list[tuple[str, asyncio.Future[None]]] = []
             size = 0
             while lane.waiting and len(batch) < MAX_RECEIVE_MESSAGES and (
-                    not batch or size + len(lane.waiting[0][0]) <= MAX_BATCH_BYTES):
-                size += len(lane.waiting[0][0])
+                    not batch or size + _encoded_size(lane.waiting[0][0]) <= MAX_BATCH_BYTES):
+                size += _encoded_size(lane.waiting[0][0])
                 batch.append(lane.waiting.popleft())
             lane.sending += 1
             task = asyncio.get_running_loop().create_task(self._send_batch(url, batch))

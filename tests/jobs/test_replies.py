@@ -1,0 +1,39 @@
+"""Responses to one queue go out together, in batches SQS accepts: at most ten messages and
+240 KiB of UTF-8 per SendMessageBatch, counted in bytes, not characters."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from batchserve.jobs.replies import MAX_BATCH_BYTES, Responder
+from tests.jobs.queue_helpers import Deployment, wait_until
+
+
+async def test_batches_stay_within_what_sqs_takes_counted_in_bytes(
+        deployment: Deployment, monkeypatch: pytest.MonkeyPatch) -> None:
+    sqs = deployment.aws.sqs
+    batches: list[list[str]] = []
+    send_batch = sqs.send_message_batch
+
+    async def recorded(**params: Any) -> Any:  # the call still goes to SQS: only its entries are noted
+        batches.append([entry["MessageBody"] for entry in params["Entries"]])
+        return await send_batch(**params)
+
+    monkeypatch.setattr(sqs, "send_message_batch", recorded)
+    responder = Responder(deployment.aws, deployment.names, deployment.responses_url, lambda: True)
+    # 30 000 characters but 60 000 bytes each: counted as characters, eight would share a batch.
+    bodies = [f'{{"n": {n}, "name": "{"é" * 30_000}"}}' for n in range(12)]
+    await asyncio.gather(*(responder.send(deployment.responses_url, body) for body in bodies))
+
+    assert sorted(b for batch in batches for b in batch) == sorted(bodies)
+    assert all(len(batch) <= 10 and sum(len(b.encode()) for b in batch) <= MAX_BATCH_BYTES for batch in batches)
+
+    async def all_arrived() -> bool:
+        await deployment.receive_responses()
+        return len(deployment.responses) == len(bodies)
+
+    await wait_until(all_arrived, 30, "every response to arrive")
+    assert sorted(r["n"] for r in deployment.responses) == list(range(12))
