@@ -64,6 +64,13 @@ class LimitsConfig:
             raise ValueError("max_body_bytes and max_images_per_request must be >= 1")
 
 
+# Bounds of --max-header-bytes: below 1 KiB a browser's ordinary request (cookies and all) may not
+# fit; past 1 MiB per connection the bound no longer protects memory.
+MIN_HEADER_BYTES = 1024
+MAX_HEADER_BYTES = 1024 * 1024
+MAX_HEADER_READ_TIMEOUT_S = 300.0
+
+
 @dataclass(frozen=True)
 class AdmissionConfig:
     """What the server takes on at once; past it a request is refused (503 `overloaded`) before its
@@ -85,12 +92,25 @@ class AdmissionConfig:
     max_connections: int = field(
         default=4096, metadata={"help": "open connections at most; past it new ones get a bare 503"}
     )
+    max_header_bytes: int = field(default=64 * 1024, metadata={
+        "help": f"largest request head in bytes: the request line and all headers of one request; past it the "
+                f"answer is 431 headers_too_large and the connection closes ({MIN_HEADER_BYTES}..{MAX_HEADER_BYTES})"})
+    header_read_timeout_s: float = field(default=10.0, metadata={
+        "help": "seconds a client may take to send a request's head (request line and headers), from its first "
+                "byte (for a connection's first request, from the connection's opening); past it the answer is "
+                f"408 request_timeout and the connection closes (0 < s <= {MAX_HEADER_READ_TIMEOUT_S:g})"})
 
     def __post_init__(self) -> None:
         if min(self.max_concurrent_requests, self.max_pending_decodes, self.max_connections) < 1:
             raise ValueError("max_concurrent_requests, max_pending_decodes and max_connections must be >= 1")
         if not self.body_read_timeout_s > 0 or not self.refusal_ratio > 0:
             raise ValueError("body_read_timeout_s and refusal_ratio must be > 0")
+        if not MIN_HEADER_BYTES <= self.max_header_bytes <= MAX_HEADER_BYTES:
+            raise ValueError(f"max_header_bytes must be in {MIN_HEADER_BYTES}..{MAX_HEADER_BYTES}, "
+                             f"not {self.max_header_bytes}")
+        if not 0 < self.header_read_timeout_s <= MAX_HEADER_READ_TIMEOUT_S:
+            raise ValueError(f"header_read_timeout_s must be in (0, {MAX_HEADER_READ_TIMEOUT_S:g}], "
+                             f"not {self.header_read_timeout_s:g}")
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from litestar.types import ASGIApp
 
 from batchserve.server.app import build_state, create_app
 from batchserve.server.config import ServerConfig
+from batchserve.server.http_protocol import head_bounded
 from batchserve.server.routes.metrics import metrics_only_app
 from batchserve.server.state import AppState
 from batchserve.serving.metrics_listener import MetricsListener
@@ -91,7 +92,8 @@ def uvicorn_config(config: ServerConfig, app: ASGIApp) -> uvicorn.Config:
         host=config.listen.host,
         port=config.listen.port,
         loop="uvloop",
-        http="httptools",
+        # httptools, with bounds on each request's head (size and time) that uvicorn does not set.
+        http=head_bounded(config.admission.max_header_bytes, config.admission.header_read_timeout_s),
         lifespan="on",
         access_log=config.logging.access_log,
         log_config=None,  # our own logging set-up stays in charge
@@ -122,7 +124,9 @@ def serve(config: ServerConfig) -> int:
     metrics_listener = None
     if listen.metrics_port is not None and state.metrics is not None:
         try:
-            metrics_listener = MetricsListener(metrics_only_app(state.metrics), listen.host, listen.metrics_port)
+            metrics_listener = MetricsListener(metrics_only_app(state.metrics), listen.host, listen.metrics_port,
+                                               http=head_bounded(config.admission.max_header_bytes,
+                                                                 config.admission.header_read_timeout_s))
         except OSError as exc:
             log.error("cannot listen for metrics on %s:%d: %s", listen.host, listen.metrics_port, exc)
             return 1

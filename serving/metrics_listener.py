@@ -27,13 +27,14 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 class MetricsListener:
-    def __init__(self, app: Callable[..., Any], host: str, port: int) -> None:
+    def __init__(self, app: Callable[..., Any], host: str, port: int, http: type[Any] | str = "httptools") -> None:
+        """`http`: uvicorn's protocol, or a class of it (the server passes its head-bounded one)."""
         self.socket = bind(host, port)  # OSError when the port is taken
         self.host = host
         self.port = int(self.socket.getsockname()[1])
         # access_log=False would silence the process-wide `uvicorn.access` logger, the API port's
         # --access-log included; left on, scrapes are logged exactly when API requests are.
-        config = uvicorn.Config(app, http="httptools", lifespan="off", log_config=None,
+        config = uvicorn.Config(app, http=http, lifespan="off", log_config=None,
                                 access_log=True, server_header=False, timeout_graceful_shutdown=1)
         self.server = uvicorn.Server(config)
 

@@ -1,0 +1,176 @@
+"""Bounds on a request's head (request line and headers), which uvicorn and httptools leave open: a
+head larger than `max_header_bytes` is answered 431 `headers_too_large`, one not complete within
+`header_read_timeout_s` 408 `request_timeout`, and either way the connection is closed.
+
+Without them one header of 100 MiB was read whole (the parser accumulates a header's value until it
+ends), and a head trickled a byte at a time held its connection for as long as the client liked.
+
+The cost per request is a few attribute updates: bytes are counted per chunk the transport hands
+over (`len(data)`), never per byte. Only when the chunks a head came in hold more than the limit
+(a large body arriving with its head, or a head over the limit) is the head measured as parsed. A
+head that arrives in one chunk, as nearly all do, never arms a timer. A connection's first request
+is timed from the connection's start (a connection that never sends anything is closed, unanswered,
+at the same deadline); a later one from its first byte, so a keep-alive connection idle between
+requests is uvicorn's `timeout_keep_alive` business only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http
+import logging
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from batchserve.server.door import error_json
+from batchserve.serving.errors import ErrorInfo
+
+log = logging.getLogger("batchserve.http")
+_base = HttpToolsProtocol  # called directly on the per-request path: cheaper than super()
+# What the request line adds to its method and URL, a header line to its name and value, and the
+# blank line that ends the head.
+REQUEST_LINE_BYTES = len("  HTTP/1.1\r\n")
+HEADER_LINE_BYTES = len(": \r\n")
+END_BYTES = len("\r\n")
+LINGER_S = 2.0
+
+
+class HeadBoundedProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with bounds on each request's head (see `head_bounded`)."""
+
+    max_header_bytes = 64 * 1024
+    header_read_timeout_s = 10.0
+
+    _head_open = False  # a request has begun and its headers are not complete yet
+    _head_bytes = 0  # bytes of the chunks the open head came in: what it holds at most
+    _head_slack = 0  # of those, bytes of its first chunk that may precede it (another request's)
+    _chunk_size = 0  # size of the chunk being parsed
+    _head_done_in_chunk = False  # a head completed earlier in the chunk being parsed
+    _discarding = False  # a head was refused: nothing more on this connection is parsed or run
+    _head_timer: asyncio.TimerHandle | None = None  # the head's deadline; after a refusal, the close
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._head_timer = self.loop.call_later(self.header_read_timeout_s, self._head_timed_out)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_head_timer()
+        self._head_open = False
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._discarding:
+            return
+        size = len(data)
+        if self._head_open:
+            self._head_bytes += size
+        self._chunk_size = size
+        self._head_done_in_chunk = False
+        _base.data_received(self, data)
+        if self._head_open and not self._discarding and not self.transport.is_closing():
+            if self._head_bytes - self._head_slack > self.max_header_bytes:
+                self._refuse_head(431, "headers_too_large", self._too_large_message())
+            elif self._head_timer is None:
+                # Armed only for a head that did not arrive in one chunk; it began in this one.
+                self._head_timer = self.loop.call_later(self.header_read_timeout_s, self._head_timed_out)
+
+    def on_message_begin(self) -> None:
+        if not self._head_open:
+            self._head_open = True
+            self._head_bytes = self._chunk_size
+            # Begun after another request ended in this chunk, it holds an unknown part of it.
+            self._head_slack = self._chunk_size if self._head_done_in_chunk else 0
+        _base.on_message_begin(self)
+
+    def on_headers_complete(self) -> None:
+        if self._discarding:
+            return
+        self._head_open = False
+        self._head_done_in_chunk = True
+        if self._head_timer is not None:
+            self._cancel_head_timer()
+        if self._head_bytes > self.max_header_bytes and self._parsed_head_bytes() > self.max_header_bytes:
+            self._refuse_head(431, "headers_too_large", self._too_large_message())
+            return
+        _base.on_headers_complete(self)
+
+    # The rest of a refused request (or of what follows it in the same chunk) is dropped, never
+    # given to the earlier request's answer still in progress, if any.
+    def on_body(self, body: bytes) -> None:
+        if not self._discarding:
+            _base.on_body(self, body)
+
+    def on_message_complete(self) -> None:
+        if not self._discarding:
+            _base.on_message_complete(self)
+
+    def _parsed_head_bytes(self) -> int:
+        """The head's size as parsed: written with one space after each colon, as clients do."""
+        headers = sum(len(name) + len(value) + HEADER_LINE_BYTES for name, value in self.headers)
+        return len(self.parser.get_method()) + len(self.url) + REQUEST_LINE_BYTES + headers + END_BYTES
+
+    def _too_large_message(self) -> str:
+        return f"the request line and headers exceed {self.max_header_bytes} bytes"
+
+    def _cancel_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _answer_outstanding(self) -> bool:
+        """An earlier request on this connection is still being answered (or waits its turn)."""
+        return self.cycle is not None and not self.cycle.response_complete
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if self.transport.is_closing():
+            return
+        if not self._head_open:
+            # Nothing of a request came since the connection opened: there is no request to answer, and
+            # an answer could be read by a client as the one to a request it sends just now.
+            self.transport.close()
+        elif self._answer_outstanding():
+            # The server, not the client, is behind (reading pauses while pipelined requests wait):
+            # the client gets its time again once the earlier answers are out.
+            self._head_timer = self.loop.call_later(self.header_read_timeout_s, self._head_timed_out)
+        else:
+            self._refuse_head(408, "request_timeout",
+                              f"the request line and headers were not complete within {self.header_read_timeout_s:g} s")
+
+    def _refuse_head(self, status: int, code: str, message: str) -> None:
+        self._cancel_head_timer()
+        self._head_open = False
+        self._discarding = True
+        log.info("%s: %s: %d, connection closed", _peer(self.client), message, status)
+        if self._answer_outstanding():
+            # An answer now would land inside the earlier one: the connection closes after the
+            # earlier answers instead.
+            self.cycle.keep_alive = False
+            return
+        url: bytes = getattr(self, "url", b"")  # set by uvicorn once a request began
+        body = error_json(url.partition(b"?")[0].decode("latin-1"), ErrorInfo(status, code, message))
+        head = [f"HTTP/1.1 {status} {http.HTTPStatus(status).phrase}\r\n".encode()]
+        head.extend(name + b": " + value + b"\r\n" for name, value in self.server_state.default_headers)
+        head.append(b"content-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n" % len(body))
+        self.transport.write(b"".join(head) + body)
+        # Closed at once, a socket with unread bytes (the rest of a large head) is reset, and the
+        # reset can destroy the answer before the client reads it. So the server only stops sending,
+        # and reads and drops what comes until the client closes, for LINGER_S at most.
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self._head_timer = self.loop.call_later(LINGER_S, self.transport.close)
+
+
+def head_bounded(max_header_bytes: int, header_read_timeout_s: float) -> type[HeadBoundedProtocol]:
+    """The protocol class with these bounds, for `uvicorn.Config(http=...)`, which instantiates it."""
+
+    class Bounded(HeadBoundedProtocol):
+        pass
+
+    Bounded.max_header_bytes = max_header_bytes
+    Bounded.header_read_timeout_s = header_read_timeout_s
+    return Bounded
+
+
+def _peer(client: tuple[str, int] | None) -> str:
+    return f"{client[0]}:{client[1]}" if client else "client"
