@@ -112,6 +112,13 @@ def summarise(settings: QueueBenchSettings, samples: dict[str, list[Any]], info:
             # What the worker's own CPU allows, whatever else ran: in-process CPU per image over the worker's.
             "cpu_ratio": _median([w["limit_cpu_s_per_image"] * w["images"] / w["worker_cpu_s"] for w in workers
                                   if w["worker_cpu_s"] > 0]),
+            # HTTP on the same CPU: the direct server under DIRECT_CONNECTIONS clients, against the
+            # same limit, and the worker against it.
+            "direct_images_per_s": _median([w["direct_images_per_s"] for w in workers]),
+            "direct_ratio": _median([w["direct_images_per_s"] / ((w["limit_before"] + w["limit_after"]) / 2)
+                                     for w in workers]),
+            "worker_vs_direct": _median([w["images_per_s"] / w["direct_images_per_s"] for w in workers
+                                         if w["direct_images_per_s"] > 0]),
             "errors": sum(w["errors"] for w in workers),
             "samples": workers,
         },
@@ -174,6 +181,9 @@ def render(report: dict[str, Any]) -> str:
         f"    worker {_fmt(k['images_per_s'])} images/s, in-process limit {_fmt(k['limit_images_per_s'])} images/s "
         f"(batch {s['limit_batch_size']}): ratio {_fmt(k['ratio'], '.2f')} (target >= {t['worker_ratio_min']}) "
         f"{_met(t['worker_ratio_met'])}; error answers: {k['errors']}",
+        f"    HTTP on the same cpu: the direct server {_fmt(k['direct_images_per_s'])} images/s with 32 "
+        f"connections (ratio {_fmt(k['direct_ratio'], '.2f')}); the worker drains "
+        f"{_fmt(k['worker_vs_direct'], '.2f')}x the direct server's rate",
         f"    CPU per image: in process {_fmt(_ms(k['limit_cpu_s_per_image']))} ms, the worker "
         f"{_fmt(_ms(k['worker_cpu_s_per_image']))} ms (ratio {_fmt(k['cpu_ratio'], '.2f')}); moto "
         f"{_fmt(_ms(k['moto_cpu_s_per_image']))} ms " + ("on a cpu of its own" if pinned else

@@ -29,7 +29,7 @@ from batchserve.jobs.options import exported_settings
 from batchserve.loadtest.bench import content_type
 from batchserve.loadtest.bench_queue import WORKLOAD_IMAGES, QueueBenchSettings, summarise
 from batchserve.loadtest.bench_report import machine
-from batchserve.loadtest.http_load import LoadClientError
+from batchserve.loadtest.http_load import LoadClientError, run_load
 from batchserve.loadtest.moto_server import MotoServer, pin_process
 from batchserve.loadtest.server_process import ServerProcess, ServerStartError
 from batchserve.loadtest.workload import LabelledImage, WorkloadError, load_manifest
@@ -42,6 +42,8 @@ WORKLOAD_TIMEOUT_S = 120.0
 START_TIMEOUT_S = 120.0
 LIMIT_BATCH_SIZES = (8, 16, 32)
 BACKLOG_SENDS_AT_ONCE = 8
+# The direct server beside the worker, on the same CPU: HTTP clients at once (as many as a full batch).
+DIRECT_CONNECTIONS = 32
 
 
 # ---- processes --------------------------------------------------------------------------------
@@ -308,6 +310,11 @@ async def measure_worker(stack: Stack, aws: AwsClients, round_number: int, say: 
         last_ms, errors = await _read_answers(aws, reply_url, n, max(120.0, n / 2))
         moto_cpu, worker_cpu = cpu_seconds(stack.moto.pid) - moto_cpu, cpu_seconds(stack.worker.pid) - worker_cpu
         seconds = last_ms / 1000.0 - started
+        # What HTTP gets out of the same CPU: the direct server runs where the worker does, its
+        # clients (wrk when installed) where moto does.
+        with running_on(stack.pinning.services):
+            direct = run_load(f"{stack.direct.url}/v1/classify?model={stack.settings.model}", stack.settings.image,
+                              stack.content_type, DIRECT_CONNECTIONS, stack.settings.duration, "auto").ok_per_second
         with running_on(stack.pinning.model):
             after = stack.inproc.pipeline_rate(stack.limit_batch, stack.settings.duration).per_second
     finally:
@@ -317,10 +324,10 @@ async def measure_worker(stack: Stack, aws: AwsClients, round_number: int, say: 
     stack.add("worker", {"images": n, "seconds": seconds, "images_per_s": rate, "limit_before": before,
                          "limit_after": after, "ratio": rate / limit, "moto_cpu_s": moto_cpu,
                          "worker_cpu_s": worker_cpu, "limit_cpu_s_per_image": limit_cpu / first.images,
-                         "errors": errors})
+                         "errors": errors, "direct_images_per_s": direct})
     say(f"  (b) worker drained {n} in {seconds:.2f} s: {rate:.1f} images/s; limit {before:.1f} / {after:.1f} "
-        f"images/s (batch {stack.limit_batch}): ratio {rate / limit:.2f}; CPU s: moto {moto_cpu:.1f}, "
-        f"worker {worker_cpu:.1f}; {errors} error answers")
+        f"images/s (batch {stack.limit_batch}): ratio {rate / limit:.2f}; direct server {direct:.1f} images/s "
+        f"({direct / limit:.2f}); CPU s: moto {moto_cpu:.1f}, worker {worker_cpu:.1f}; {errors} error answers")
 
 
 # ---- (c) one image at a time --------------------------------------------------------------------

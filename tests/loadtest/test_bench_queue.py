@@ -49,6 +49,14 @@ def test_queue_bench_reports_every_measurement(built_models: Path, tmp_path: Pat
     assert worker["worker_cpu_s_per_image"] > 0 and worker["limit_cpu_s_per_image"] > 0
     assert worker["moto_cpu_s_per_image"] >= 0 and worker["errors"] == 0
     assert worker["cpu_ratio"] == pytest.approx(worker["limit_cpu_s_per_image"] / worker["worker_cpu_s_per_image"])
+    # HTTP on the worker's cpu, beside it: the direct server's rate, against the limit and the worker.
+    assert worker["direct_images_per_s"] > 0
+    assert worker["direct_ratio"] == pytest.approx(worker["direct_images_per_s"] / worker["limit_images_per_s"])
+    assert worker["worker_vs_direct"] == pytest.approx(worker["images_per_s"] / worker["direct_images_per_s"])
+    assert "HTTP on the same cpu: the direct server" in proc.stdout
+    # The sample photo is below the web tier's inline bound: the queued messages carry it.
+    assert report["settings"]["image_bytes"] <= report["settings"]["inline_max_bytes"]
+    assert "inside each message" in proc.stdout
 
     latency = report["latency"]
     p50 = latency["p50_ms"]
