@@ -54,6 +54,7 @@ class Responder:
         self.responses_url = responses_url
         self.keep_trying = keep_trying
         self._urls: dict[str, str] = {}
+        self._finding: dict[str, asyncio.Future[str | None]] = {}
         self._lanes: dict[str, _Lane] = {}
         self._flushes: set[asyncio.Task[None]] = set()
 
@@ -65,16 +66,31 @@ class Responder:
         name = reply_to.rstrip("/").rsplit("/", 1)[-1]
         if not name.startswith(self.names.reply_prefix) or name == self.names.reply_prefix:
             raise InvalidReplyQueue(f"reply_to must name a queue {self.names.reply_prefix}<id>, not {reply_to!r}")
-        if name not in self._urls:
-            try:
-                answer = await retrying(lambda: self.aws.sqs.get_queue_url(QueueName=name), f"finding queue {name}",
-                                        log, self.keep_trying)
-            except Exception as exc:
-                if is_missing(exc):
-                    return None
-                raise
-            self._urls[name] = str(answer["QueueUrl"])
-        return self._urls[name]
+        url = self._urls.get(name)
+        if url is not None:
+            return url
+        # The first messages for a new web instance arrive together: one lookup serves them all.
+        finding = self._finding.get(name)
+        if finding is None:
+            finding = self._finding[name] = asyncio.ensure_future(self._find(name))
+            finding.add_done_callback(functools.partial(self._found, name))
+        return await asyncio.shield(finding)
+
+    async def _find(self, name: str) -> str | None:
+        try:
+            answer = await retrying(lambda: self.aws.sqs.get_queue_url(QueueName=name), f"finding queue {name}",
+                                    log, self.keep_trying)
+        except Exception as exc:
+            if is_missing(exc):
+                return None
+            raise
+        url = self._urls[name] = str(answer["QueueUrl"])
+        return url
+
+    def _found(self, name: str, finding: asyncio.Future[str | None]) -> None:
+        self._finding.pop(name, None)
+        if not finding.cancelled():
+            finding.exception()  # read: its waiters may all have gone
 
     async def send(self, url: str, body: str) -> None:
         """Send `body` to the queue at `url` (batched with other responses to it). Raises

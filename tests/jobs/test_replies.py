@@ -37,3 +37,26 @@ async def test_batches_stay_within_what_sqs_takes_counted_in_bytes(
 
     await wait_until(all_arrived, 30, "every response to arrive")
     assert sorted(r["n"] for r in deployment.responses) == list(range(12))
+
+
+async def test_messages_for_a_new_reply_queue_find_it_with_one_lookup(
+        deployment: Deployment, monkeypatch: pytest.MonkeyPatch) -> None:
+    sqs = deployment.aws.sqs
+    reply = f"{deployment.names.reply_prefix}web7"
+    created = (await sqs.create_queue(QueueName=reply))["QueueUrl"]
+    lookups: list[str] = []
+    get_queue_url = sqs.get_queue_url
+
+    async def recorded(**params: Any) -> Any:  # still asks SQS: only the call is noted
+        lookups.append(params["QueueName"])
+        return await get_queue_url(**params)
+
+    monkeypatch.setattr(sqs, "get_queue_url", recorded)
+    responder = Responder(deployment.aws, deployment.names, deployment.responses_url, lambda: True)
+    # The first messages for a new web instance arrive together, as ten from one receive do.
+    found = await asyncio.gather(*(responder.destination(reply) for _ in range(10)))
+    assert found == [created] * 10
+    assert await responder.destination(created) == created  # by URL too, from what was found
+    absent = f"{deployment.names.reply_prefix}gone"
+    assert await asyncio.gather(*(responder.destination(absent) for _ in range(5))) == [None] * 5
+    assert lookups == [reply, absent]
