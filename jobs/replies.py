@@ -110,9 +110,11 @@ class Responder:
         while lane.waiting and lane.sending < SENDS_PER_QUEUE:
             batch: list[tuple[str, asyncio.Future[None]]] = []
             size = 0
-            while lane.waiting and len(batch) < MAX_RECEIVE_MESSAGES and (
-                    not batch or size + _encoded_size(lane.waiting[0][0]) <= MAX_BATCH_BYTES):
-                size += _encoded_size(lane.waiting[0][0])
+            while lane.waiting and len(batch) < MAX_RECEIVE_MESSAGES:
+                next_size = _encoded_size(lane.waiting[0][0])
+                if batch and size + next_size > MAX_BATCH_BYTES:
+                    break
+                size += next_size
                 batch.append(lane.waiting.popleft())
             lane.sending += 1
             task = asyncio.get_running_loop().create_task(self._send_batch(url, batch))

@@ -21,6 +21,8 @@ from botocore.utils import normalize_url_path
 ALGORITHM = "AWS4-HMAC-SHA256"
 # Never signed (botocore's SIGNED_HEADERS_BLACKLIST): proxies and tracing may change them.
 _UNSIGNED = frozenset({"expect", "user-agent", "x-amzn-trace-id"})
+# Set by the signer: a caller's own copies are dropped, as botocore drops them.
+_ADDED_LOWER = frozenset({"x-amz-date", "x-amz-security-token", "x-amz-content-sha256", "authorization"})
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
@@ -36,7 +38,7 @@ class SigV4Signer:
     def header_lines(self, method: str, url: str, headers: dict[str, str], body: bytes, access_key: str,
                      secret_key: str, token: str | None, now: datetime | None = None) -> str:
         """The request's header lines (`Name: value\\r\\n` each), the signature's among them."""
-        base, _, path = _split(url)
+        base, path = _split(url)
         stamp = (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%SZ")
         day = stamp[:8]
         payload_hash = hashlib.sha256(body).hexdigest()
@@ -77,9 +79,6 @@ class SigV4Signer:
         return key
 
 
-_ADDED_LOWER = frozenset({"x-amz-date", "x-amz-security-token", "x-amz-content-sha256", "authorization"})
-
-
 def signable(url: str) -> bool:
     """Whether this signer handles `url` (else botocore's signs it): no query string, no fragment."""
     return "?" not in url and "#" not in url
@@ -89,9 +88,10 @@ def _derive(key: bytes, message: str) -> bytes:
     return hmac.new(key, message.encode(), hashlib.sha256).digest()
 
 
-def _split(url: str) -> tuple[str, str, str]:
+def _split(url: str) -> tuple[str, str]:
+    """(scheme://authority, path) of `url`."""
     parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}", parts.netloc, parts.path or "/"
+    return f"{parts.scheme}://{parts.netloc}", parts.path or "/"
 
 
 @lru_cache(maxsize=64)
