@@ -17,6 +17,12 @@ def clipped(value: str | None) -> str | None:
     return None if value is None else value[:TEXT_LIMIT]
 
 
+def carried(data: bytes, inline_max_bytes: int) -> bytes | None:
+    """The image bytes a request message carries besides its key: those of an image up to
+    `inline_max_bytes` (the web tier's --queue-inline-max-bytes), else none."""
+    return data if len(data) <= inline_max_bytes else None
+
+
 def request_message(*, image_id: str, bucket: str, key: str, file_name: str | None, model: LoadedModel, top_k: int,
                     caller: Caller, job_id: str | None = None, reply_to: str | None = None,
                     inline: bytes | None = None, content_type: str | None = None) -> RequestMessage:

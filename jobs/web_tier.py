@@ -36,7 +36,7 @@ from batchserve.jobs.errors import QueueModeSetupError
 from batchserve.jobs.messages import RequestMessage, Result, decode_result, encode
 from batchserve.jobs.replies import Responder
 from batchserve.jobs.reply_reaper import keep_alive_and_reap
-from batchserve.jobs.request_builder import request_message
+from batchserve.jobs.request_builder import carried, request_message
 from batchserve.jobs.resources import queue_url
 from batchserve.model_repo.image_formats import check_declared_type
 from batchserve.serving.answer_markers import NO_LOGITS, cache_hit, hashed_on_loop, stand_in
@@ -181,7 +181,7 @@ class QueueBackend:
         if not self._reachable:
             return Failed(position, image, unavailable("the last call failed"), "batch")
         image_id = uuid.uuid4().hex
-        inline = image.data if len(image.data) <= self.settings.inline_max_bytes else None
+        inline = carried(image.data, self.settings.inline_max_bytes)
         message = request_message(image_id=image_id, bucket=self.names.input_bucket, key=f"{UPLOAD_PREFIX}/{image_id}",
                                   file_name=image.filename, model=model, top_k=k, caller=caller,
                                   reply_to=self._reply_url, inline=inline, content_type=image.content_type)

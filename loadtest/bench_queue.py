@@ -44,6 +44,8 @@ from batchserve.model_repo.repository import DEFAULT_REPOSITORY
 WORKER_RATIO_TARGET = 0.9  # one worker's drain rate over the in-process limit, at least
 ADDED_P50_TARGET_MS = 25.0  # web tier p50 minus direct p50 at concurrency 1, below
 WORKLOAD_IMAGES = 50
+# The direct server beside the worker, on the same CPU: HTTP clients at once (as many as a full batch).
+DIRECT_CONNECTIONS = 32
 
 
 @dataclass(frozen=True)
@@ -181,8 +183,8 @@ def render(report: dict[str, Any]) -> str:
         f"    worker {_fmt(k['images_per_s'])} images/s, in-process limit {_fmt(k['limit_images_per_s'])} images/s "
         f"(batch {s['limit_batch_size']}): ratio {_fmt(k['ratio'], '.2f')} (target >= {t['worker_ratio_min']}) "
         f"{_met(t['worker_ratio_met'])}; error answers: {k['errors']}",
-        f"    HTTP on the same cpu: the direct server {_fmt(k['direct_images_per_s'])} images/s with 32 "
-        f"connections (ratio {_fmt(k['direct_ratio'], '.2f')}); the worker drains "
+        f"    HTTP on the same cpu: the direct server {_fmt(k['direct_images_per_s'])} images/s with "
+        f"{DIRECT_CONNECTIONS} connections (ratio {_fmt(k['direct_ratio'], '.2f')}); the worker drains "
         f"{_fmt(k['worker_vs_direct'], '.2f')}x the direct server's rate",
         f"    CPU per image: in process {_fmt(_ms(k['limit_cpu_s_per_image']))} ms, the worker "
         f"{_fmt(_ms(k['worker_cpu_s_per_image']))} ms (ratio {_fmt(k['cpu_ratio'], '.2f')}); moto "

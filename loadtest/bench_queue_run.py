@@ -26,8 +26,9 @@ from batchserve.jobs.aws import AwsClients, connect
 from batchserve.jobs.config import QueueConfig, QueueLocation, ResourceNames
 from batchserve.jobs.messages import Prediction, RequestMessage, Result, Timing, decode_result, encode
 from batchserve.jobs.options import exported_settings
+from batchserve.jobs.request_builder import carried
 from batchserve.loadtest.bench import content_type
-from batchserve.loadtest.bench_queue import WORKLOAD_IMAGES, QueueBenchSettings, summarise
+from batchserve.loadtest.bench_queue import DIRECT_CONNECTIONS, WORKLOAD_IMAGES, QueueBenchSettings, summarise
 from batchserve.loadtest.bench_report import machine
 from batchserve.loadtest.http_load import LoadClientError, run_load
 from batchserve.loadtest.moto_server import MotoServer, pin_process
@@ -42,8 +43,6 @@ WORKLOAD_TIMEOUT_S = 120.0
 START_TIMEOUT_S = 120.0
 LIMIT_BATCH_SIZES = (8, 16, 32)
 BACKLOG_SENDS_AT_ONCE = 8
-# The direct server beside the worker, on the same CPU: HTTP clients at once (as many as a full batch).
-DIRECT_CONNECTIONS = 32
 
 
 # ---- processes --------------------------------------------------------------------------------
@@ -217,9 +216,8 @@ class Stack:
 
     def inline(self) -> dict[str, Any]:
         """The image fields of a request message, as the web tier fills them for this image."""
-        if len(self.image) > self.settings.inline_max_bytes:
-            return {}
-        return {"image_data": self.image, "image_content_type": self.content_type}
+        data = carried(self.image, self.settings.inline_max_bytes)
+        return {} if data is None else {"image_data": data, "image_content_type": self.content_type}
 
 
 # ---- (a) the workload -------------------------------------------------------------------------
