@@ -64,6 +64,7 @@ class AdmissionGate:
     body_read_timeout_s: float
     refused_queue_full: int = 0
     body_timeouts: int = 0
+    answered_early: int = 0  # refusals the HTTP protocol answered before the app (early_refusal.py)
 
     @classmethod
     def from_config(cls, config: AdmissionConfig) -> AdmissionGate:
@@ -115,6 +116,15 @@ class Admission:
             extra = CLOSE if _expects_continue(scope) else None
             await refuse(scope, send, self.state.serving.recorder, describe(too_large), time.monotonic(), extra)
             return False
+        refusal = self.refusal(route, take=True)
+        if refusal is not None:
+            await self._refuse(scope, send, refusal, time.monotonic())
+            return False
+        return True
+
+    def refusal(self, route: ClassifyRoute, *, take: bool) -> Overloaded | None:
+        """Why a request to `route` is refused now (counted), or None: admitted, holding a place
+        until `release` when `take`, else only found admissible (early_refusal.py asks so)."""
         gate = self.gate
         model = target_model(self.state.serving.registry, route)
         # A full queue refuses here, before the body, unless a fallback model may answer instead
@@ -126,12 +136,10 @@ class Admission:
                 refusal = None
         if refusal is not None:
             gate.refused_queue_full += 1
-        elif not gate.requests.try_take():
-            refusal = bound_refusal("classification requests", gate.requests)
-        if refusal is not None:
-            await self._refuse(scope, send, refusal, time.monotonic())
-            return False
-        return True
+            return refusal
+        if gate.requests.try_take() if take else not gate.requests.refuses():
+            return None
+        return bound_refusal("classification requests", gate.requests)
 
     def release(self) -> None:
         """An admitted request has answered."""

@@ -20,6 +20,7 @@ from batchserve.server.auth.gatekeeper import Gatekeeper
 from batchserve.server.auth.policy import AccessPolicy
 from batchserve.server.cloudwatch import emf_lifespan
 from batchserve.server.config import ServerConfig
+from batchserve.server.early_refusal import EarlyRefusal
 from batchserve.server.errors import fallback_exception_handler
 from batchserve.server.fast_classify import ClassifyFastPath
 from batchserve.server.lease_scope import LeaseScopeMiddleware
@@ -155,4 +156,7 @@ def create_app(config: ServerConfig, *, load_in_background: bool = False, state:
     if fast_path:
         # Outermost: a raw-body classification takes the same steps as above in one coroutine.
         app.asgi_handler = ClassifyFastPath(app.asgi_handler, state, guard, admission)
+    # For the server's HTTP protocol (server/lifecycle.py): refusals it may answer before the app.
+    app.state["early_refusal"] = EarlyRefusal(admission, guard, state.metrics, state.serving.recorder,
+                                              config.limits.max_body_bytes)
     return app

@@ -92,6 +92,9 @@ class AdmissionConfig:
     max_connections: int = field(
         default=4096, metadata={"help": "open connections at most; past it new ones get a bare 503"}
     )
+    early_refusal: bool = field(default=True, metadata={
+        "help": "answer overload refusals of classification requests without a key in the HTTP protocol, before "
+                "the app runs (the same answers, events and metrics, at a fraction of the CPU)"})
     max_header_bytes: int = field(default=64 * 1024, metadata={
         "help": f"largest request head in bytes: the request line and all headers of one request; past it the "
                 f"answer is 431 headers_too_large and the connection closes ({MIN_HEADER_BYTES}..{MAX_HEADER_BYTES})"})

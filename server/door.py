@@ -64,12 +64,19 @@ def error_json(path: str, info: ErrorInfo) -> bytes:
     return json.dumps(v2_body(info) if in_v2 else v1_body(info)).encode()
 
 
-async def send_error(scope: Scope, send: Send, info: ErrorInfo, extra_headers: dict[str, str] | None = None) -> None:
-    """The error as a complete JSON answer (X-Request-ID is added by the outer middleware)."""
-    body = error_json(scope.get("path", ""), info)
+def error_answer(path: str, info: ErrorInfo, extra_headers: dict[str, str] | None = None,
+                 ) -> tuple[list[tuple[bytes, bytes]], bytes]:
+    """The error's headers (but X-Request-ID) and JSON body, as every front-door refusal answers it."""
+    body = error_json(path, info)
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     for name, value in {**info.headers, **(extra_headers or {})}.items():
         headers.append((name.lower().encode("latin-1"), value.encode("latin-1")))
+    return headers, body
+
+
+async def send_error(scope: Scope, send: Send, info: ErrorInfo, extra_headers: dict[str, str] | None = None) -> None:
+    """The error as a complete JSON answer (X-Request-ID is added by the outer middleware)."""
+    headers, body = error_answer(scope.get("path", ""), info, extra_headers)
     await send({"type": "http.response.start", "status": info.status, "headers": headers})
     await send({"type": "http.response.body", "body": body, "more_body": False})
 

@@ -19,11 +19,17 @@ from __future__ import annotations
 import asyncio
 import http
 import logging
+from typing import TYPE_CHECKING, cast
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn._types import ASGI3Application
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from batchserve.server.door import error_json
+from batchserve.server.early_refusal import EarlyRefusal, uvicorn_access_log
 from batchserve.serving.errors import ErrorInfo
+
+if TYPE_CHECKING:
+    from litestar.types import HTTPScope
 
 log = logging.getLogger("batchserve.http")
 _base = HttpToolsProtocol  # called directly on the per-request path: cheaper than super()
@@ -36,10 +42,12 @@ LINGER_S = 2.0
 
 
 class HeadBoundedProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol with bounds on each request's head (see `head_bounded`)."""
+    """uvicorn's httptools protocol with bounds on each request's head (see `head_bounded`), and,
+    when given one, overload refusals answered before the app runs (server/early_refusal.py)."""
 
     max_header_bytes = 64 * 1024
     header_read_timeout_s = 10.0
+    early_refusal: EarlyRefusal | None = None
 
     _head_open = False  # a request has begun and its headers are not complete yet
     _head_bytes = 0  # bytes of the chunks the open head came in: what it holds at most
@@ -101,8 +109,35 @@ class HeadBoundedProtocol(HttpToolsProtocol):
             _base.on_body(self, body)
 
     def on_message_complete(self) -> None:
-        if not self._discarding:
-            _base.on_message_complete(self)
+        if self._discarding:
+            return
+        cycle = self.cycle
+        if cycle is not None and cycle.response_complete and self.timeout_keep_alive_task is None \
+                and not self.pipeline and not self.transport.is_closing():
+            # Answered before its body ended (a refusal): uvicorn armed the idle timer with the
+            # answer, and reading the rest of the body disarmed it. The connection is idle now.
+            self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive,
+                                                                self.timeout_keep_alive_handler)
+        _base.on_message_complete(self)
+
+    def _start_asgi_task(self, cycle: RequestResponseCycle, app: ASGI3Application) -> None:
+        early = self.early_refusal
+        if early is not None and app is self.app:  # not uvicorn's own refusal past limit_concurrency
+            try:
+                answer = early.answer(cast("HTTPScope", cycle.scope), cycle.default_headers, cycle.keep_alive, app,
+                                      uvicorn_access_log(cycle.access_logger) if cycle.access_log else None)
+            except Exception:  # the app then answers it, as it would without the early refusal
+                log.exception("early refusal failed")
+                answer = None
+            if answer is not None:
+                cycle.response_started = cycle.response_complete = True
+                cycle.waiting_for_100_continue = False
+                self.transport.write(answer)
+                if not cycle.keep_alive:
+                    self.transport.close()
+                cycle.on_response()
+                return
+        _base._start_asgi_task(self, cycle, app)
 
     def _parsed_head_bytes(self) -> int:
         """The head's size as parsed: written with one space after each colon, as clients do."""
@@ -161,14 +196,17 @@ class HeadBoundedProtocol(HttpToolsProtocol):
         self._head_timer = self.loop.call_later(LINGER_S, self.transport.close)
 
 
-def head_bounded(max_header_bytes: int, header_read_timeout_s: float) -> type[HeadBoundedProtocol]:
-    """The protocol class with these bounds, for `uvicorn.Config(http=...)`, which instantiates it."""
+def head_bounded(max_header_bytes: int, header_read_timeout_s: float,
+                 early_refusal: EarlyRefusal | None = None) -> type[HeadBoundedProtocol]:
+    """The protocol class with these bounds (and refusals), for `uvicorn.Config(http=...)`, which
+    instantiates it."""
 
     class Bounded(HeadBoundedProtocol):
         pass
 
     Bounded.max_header_bytes = max_header_bytes
     Bounded.header_read_timeout_s = header_read_timeout_s
+    Bounded.early_refusal = early_refusal
     return Bounded
 
 

@@ -23,6 +23,7 @@ from litestar.types import ASGIApp
 
 from batchserve.server.app import build_state, create_app
 from batchserve.server.config import ServerConfig
+from batchserve.server.early_refusal import EarlyRefusal
 from batchserve.server.http_protocol import head_bounded
 from batchserve.server.routes.metrics import metrics_only_app
 from batchserve.server.state import AppState
@@ -84,8 +85,9 @@ class GracefulServer(uvicorn.Server):
         os._exit(1)
 
 
-def uvicorn_config(config: ServerConfig, app: ASGIApp) -> uvicorn.Config:
+def uvicorn_config(config: ServerConfig, app: ASGIApp, early_refusal: EarlyRefusal | None = None) -> uvicorn.Config:
     life = config.lifecycle
+    admission = config.admission
     connections_grace = max(0.5, life.shutdown_grace - life.drain_delay - FLUSH_RESERVE_S)
     return uvicorn.Config(
         app,
@@ -93,7 +95,8 @@ def uvicorn_config(config: ServerConfig, app: ASGIApp) -> uvicorn.Config:
         port=config.listen.port,
         loop="uvloop",
         # httptools, with bounds on each request's head (size and time) that uvicorn does not set.
-        http=head_bounded(config.admission.max_header_bytes, config.admission.header_read_timeout_s),
+        http=head_bounded(admission.max_header_bytes, admission.header_read_timeout_s,
+                          early_refusal if admission.early_refusal else None),
         lifespan="on",
         access_log=config.logging.access_log,
         log_config=None,  # our own logging set-up stays in charge
@@ -102,7 +105,7 @@ def uvicorn_config(config: ServerConfig, app: ASGIApp) -> uvicorn.Config:
         timeout_keep_alive=30,
         # Past it uvicorn answers a bare 503 without calling the app: the last line of defence, far
         # above what admission lets in, so it only bounds idle and slow connections.
-        limit_concurrency=config.admission.max_connections,
+        limit_concurrency=admission.max_connections,
         backlog=2048,
         server_header=False,
         ssl_certfile=config.listen.ssl_certfile,
@@ -130,7 +133,7 @@ def serve(config: ServerConfig) -> int:
         except OSError as exc:
             log.error("cannot listen for metrics on %s:%d: %s", listen.host, listen.metrics_port, exc)
             return 1
-    server = GracefulServer(uvicorn_config(config, app), state, metrics_listener)
+    server = GracefulServer(uvicorn_config(config, app, app.state["early_refusal"]), state, metrics_listener)
     serving = config.serving
     scheme = "https" if listen.ssl_certfile is not None else "http"
     log.info("batchserve listening on %s://%s:%d (models: %s)", scheme, listen.host, listen.port,

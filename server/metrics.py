@@ -138,6 +138,9 @@ class StateCollector(Collector):
         yield CounterMetricFamily("batchserve_admission_refusals_delayed",
                                   "Refusals answered late because clients retried faster than the refusal pace.",
                                   value=gate.pacer.delayed_total)
+        yield CounterMetricFamily("batchserve_admission_refusals_answered_early",
+                                  "Refusals the HTTP protocol answered before the app ran (--early-refusal).",
+                                  value=gate.answered_early)
         yield CounterMetricFamily("batchserve_admission_body_timeouts",
                                   "Requests answered 408 because their body was not complete in time.",
                                   value=gate.body_timeouts)

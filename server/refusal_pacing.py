@@ -53,6 +53,14 @@ class RefusalPacer:
         if now - self._window_start >= RATE_WINDOW_S:
             self._measure(now)
 
+    def would_wait(self) -> bool:
+        """Whether a refusal answered now would have to wait (`delay` > 0); nothing is taken."""
+        now = self._clock()
+        if now - self._window_start >= RATE_WINDOW_S:
+            self._measure(now)
+        self._refill(now)
+        return self._tokens < 1.0
+
     def delay(self) -> float:
         """Seconds the refusal being answered now should wait first (0 while within the pace)."""
         now = self._clock()

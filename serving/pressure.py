@@ -39,11 +39,17 @@ class Bound:
     def try_take(self, count: int = 1) -> bool:
         """Take `count` places when they are free (False, counted as a refusal, when they are not).
         An idle bound takes any count, so a request larger than the limit is slow, never impossible."""
-        if self.in_use and self.in_use + count > self.limit:
-            self.refused_total += 1
+        if self.refuses(count):
             return False
         self.in_use += count
         return True
+
+    def refuses(self, count: int = 1) -> bool:
+        """Whether `try_take(count)` would refuse now; a refusal is counted, nothing is taken."""
+        if self.in_use and self.in_use + count > self.limit:
+            self.refused_total += 1
+            return True
+        return False
 
     def release(self, count: int = 1) -> None:
         self.in_use -= count

@@ -338,3 +338,37 @@ async def test_no_head_timer_outlives_its_connection() -> None:
     finally:
         server.close()
         await server.wait_closed()
+
+
+async def refusing_app(scope: Any, receive: Any, send: Any) -> None:
+    """Answers before reading the body, as a refusal does."""
+    await send({"type": "http.response.start", "status": 503, "headers": [(b"content-length", b"2")]})
+    await send({"type": "http.response.body", "body": b"no"})
+
+
+async def test_a_connection_answered_before_its_body_ended_still_times_out_when_idle() -> None:
+    """uvicorn arms the keep-alive timer when the answer goes out and disarms it when more of the
+    request arrives: a client that finishes its body after a refusal and then sends nothing
+    would hold the connection forever. The timer is armed again once the request ends."""
+    loop = asyncio.get_running_loop()
+    config = uvicorn.Config(refusing_app, lifespan="off", log_config=None, timeout_keep_alive=1)
+    config.load()
+    state = ServerState()
+    protocol = head_bounded(64 * 1024, 60.0)
+    server = await loop.create_server(lambda: protocol(config=config, server_state=state, app_state={}, _loop=loop),
+                                      "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\n12345")
+        assert (await reader.readuntil(b"no")).startswith(b"HTTP/1.1 503 ")
+        writer.write(b"67890")  # the rest of the refused body; then nothing more
+        await writer.drain()
+        # The server closes the idle connection (EOF) after its keep-alive timeout; the bound only
+        # keeps a broken run from hanging.
+        async with asyncio.timeout(20):
+            assert await reader.read() == b""
+        writer.close()
+    finally:
+        server.close()
+        await server.wait_closed()
