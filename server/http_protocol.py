@@ -56,6 +56,8 @@ class HeadBoundedProtocol(HttpToolsProtocol):
     _head_done_in_chunk = False  # a head completed earlier in the chunk being parsed
     _discarding = False  # a head was refused: nothing more on this connection is parsed or run
     _head_timer: asyncio.TimerHandle | None = None  # the head's deadline; after a refusal, the close
+    _body_open = False  # a request's head is in and the rest of it (its body) is not
+    _answers_transport: _LingeringClose | None = None  # what each request's answer writes to
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -83,6 +85,7 @@ class HeadBoundedProtocol(HttpToolsProtocol):
                 self._head_timer = self.loop.call_later(self.header_read_timeout_s, self._head_timed_out)
 
     def on_message_begin(self) -> None:
+        self._body_open = False
         if not self._head_open:
             self._head_open = True
             self._head_bytes = self._chunk_size
@@ -100,7 +103,15 @@ class HeadBoundedProtocol(HttpToolsProtocol):
         if self._head_bytes > self.max_header_bytes and self._parsed_head_bytes() > self.max_header_bytes:
             self._refuse_head(431, "headers_too_large", self._too_large_message())
             return
+        self._body_open = True
         _base.on_headers_complete(self)
+        cycle = self.cycle
+        if cycle is not None and cycle.transport is self.transport:
+            # Its task is only scheduled yet: it closes through close_after_answer from the start.
+            transport = self._answers_transport
+            if transport is None:
+                transport = self._answers_transport = _LingeringClose(self)
+            cycle.transport = transport  # type: ignore[assignment]
 
     # The rest of a refused request (or of what follows it in the same chunk) is dropped, never
     # given to the earlier request's answer still in progress, if any.
@@ -111,6 +122,7 @@ class HeadBoundedProtocol(HttpToolsProtocol):
     def on_message_complete(self) -> None:
         if self._discarding:
             return
+        self._body_open = False
         cycle = self.cycle
         if cycle is not None and cycle.response_complete and self.timeout_keep_alive_task is None \
                 and not self.pipeline and not self.transport.is_closing():
@@ -134,7 +146,7 @@ class HeadBoundedProtocol(HttpToolsProtocol):
                 cycle.waiting_for_100_continue = False
                 self.transport.write(answer)
                 if not cycle.keep_alive:
-                    self.transport.close()
+                    self.close_after_answer()
                 cycle.on_response()
                 return
         _base._start_asgi_task(self, cycle, app)
@@ -172,6 +184,24 @@ class HeadBoundedProtocol(HttpToolsProtocol):
             self._refuse_head(408, "request_timeout",
                               f"the request line and headers were not complete within {self.header_read_timeout_s:g} s")
 
+    def close_after_answer(self) -> None:
+        """Close after an answer that ends the connection (`Connection: close`, a 408 or 413 that
+        closes). While the request's body is still coming, the close lingers instead: closed at
+        once, a socket with unread bytes is reset, and the reset can destroy the answer before
+        the client, still sending, reads it."""
+        if not self._body_open or self.transport.is_closing():
+            self.transport.close()
+            return
+        self._linger()
+
+    def _linger(self) -> None:
+        """Stop sending, read and drop what comes until the client closes, for LINGER_S at most."""
+        self._discarding = True
+        self._cancel_head_timer()
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self._head_timer = self.loop.call_later(LINGER_S, self.transport.close)
+
     def _refuse_head(self, status: int, code: str, message: str) -> None:
         self._cancel_head_timer()
         self._head_open = False
@@ -188,12 +218,24 @@ class HeadBoundedProtocol(HttpToolsProtocol):
         head.extend(name + b": " + value + b"\r\n" for name, value in self.server_state.default_headers)
         head.append(b"content-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n" % len(body))
         self.transport.write(b"".join(head) + body)
-        # Closed at once, a socket with unread bytes (the rest of a large head) is reset, and the
-        # reset can destroy the answer before the client reads it. So the server only stops sending,
-        # and reads and drops what comes until the client closes, for LINGER_S at most.
-        if self.transport.can_write_eof():
-            self.transport.write_eof()
-        self._head_timer = self.loop.call_later(LINGER_S, self.transport.close)
+        # The rest of a large head may still be coming: see close_after_answer.
+        self._linger()
+
+
+class _LingeringClose:
+    """The connection's transport as request cycles see it: their close after an answer goes
+    through `close_after_answer`; everything else is the transport's own."""
+
+    __slots__ = ("_protocol",)
+
+    def __init__(self, protocol: HeadBoundedProtocol) -> None:
+        self._protocol = protocol
+
+    def close(self) -> None:
+        self._protocol.close_after_answer()
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._protocol.transport, name)
 
 
 def head_bounded(max_header_bytes: int, header_read_timeout_s: float,

@@ -372,3 +372,34 @@ async def test_a_connection_answered_before_its_body_ended_still_times_out_when_
     finally:
         server.close()
         await server.wait_closed()
+
+
+async def test_an_answer_that_closes_before_the_body_ended_lets_the_client_finish_and_read_it() -> None:
+    """`Connection: close` on a request answered before its body arrived (a 413 or a refusal):
+    closed at once, the socket would be reset under a client still sending, and the answer lost.
+    The server stops sending, reads and drops the rest, and closes once the client has."""
+    loop = asyncio.get_running_loop()
+    config = uvicorn.Config(refusing_app, lifespan="off", log_config=None)
+    config.load()
+    state = ServerState()
+    protocol = head_bounded(64 * 1024, 60.0)
+    server = await loop.create_server(lambda: protocol(config=config, server_state=state, app_state={}, _loop=loop),
+                                      "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    body_bytes = 8 * 1024 * 1024  # far more than the sockets' buffers hold
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(f"POST / HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Length: {body_bytes}\r\n\r\n"
+                     .encode() + bytes(1000))
+        answer = await reader.readuntil(b"no")
+        assert answer.startswith(b"HTTP/1.1 503 ") and b"connection: close" in answer
+        for _ in range((body_bytes - 1000) // 65536):
+            writer.write(bytes(65536))
+            await writer.drain()  # a reset connection fails here
+        writer.write_eof()
+        async with asyncio.timeout(20):
+            assert await reader.read() == b""  # then the server closes too
+        writer.close()
+    finally:
+        server.close()
+        await server.wait_closed()
