@@ -131,14 +131,20 @@ class Holdings:
                 self._backoff.reset()
 
     async def delete_settled(self, *, all_settled: bool = False) -> None:
-        """Delete the answered messages whose events are settled: in full batches, or all of them
-        once one has waited DELETE_LINGER_S (or, with `all_settled`, at shutdown)."""
+        """Delete the answered messages whose events are settled, in calls of ten, the longest
+        answered first; the rest once one of them has waited DELETE_LINGER_S for company (with
+        `all_settled`, at shutdown, at once): a delete is a request SQS bills, and event-loop CPU,
+        whatever it carries."""
         settled, now_s = self.settled_total(), time.monotonic()
         done = [m for m in self._held.values() if m.answered_as is not None
                 and (m.answered_as <= settled or now_s - m.answered_at >= SETTLE_WAIT_MAX_S)]
-        if not all_settled and len(done) < MAX_RECEIVE_MESSAGES and not any(
-                now_s - m.answered_at >= DELETE_LINGER_S for m in done):
-            return
+        if not all_settled:
+            done.sort(key=_answered_at)
+            rest = len(done) % MAX_RECEIVE_MESSAGES
+            if rest and now_s - done[-rest].answered_at < DELETE_LINGER_S:
+                del done[-rest:]
+            if not done:
+                return
         for chunk in _chunks(done):
             answer = await self._sqs("delete_message_batch", Entries=[
                 {"Id": str(i), "ReceiptHandle": m.receipt_handle} for i, m in enumerate(chunk)])
@@ -193,6 +199,10 @@ class Holdings:
         """One SQS call on this queue, bounded: a hung connection must not hold up a shutdown."""
         return await asyncio.wait_for(getattr(self.aws.sqs, operation)(QueueUrl=self.queue_url, **params),
                                       CALL_TIMEOUT_S)
+
+
+def _answered_at(message: HeldMessage) -> float:
+    return message.answered_at
 
 
 def _chunks(messages: Sequence[HeldMessage]) -> list[Sequence[HeldMessage]]:

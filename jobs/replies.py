@@ -3,7 +3,9 @@
 A worker answers many messages at once, so responses to one queue go out together, up to ten per
 SendMessageBatch call. As the batcher does with images, a response is sent at once when no send to
 its queue is under way, and otherwise joins the next batch: a lone answer waits for nothing, and
-under load batches fill by themselves.
+under load batches fill by themselves. A send starts on the next turn of the event loop and takes
+in what came for its queue meanwhile, so the answers of one model batch, which come in one turn,
+share sends instead of the first ones going out alone.
 """
 
 from __future__ import annotations
@@ -108,16 +110,9 @@ class Responder:
 
     def _pump(self, url: str, lane: _Lane) -> None:
         while lane.waiting and lane.sending < SENDS_PER_QUEUE:
-            batch: list[tuple[str, asyncio.Future[None]]] = []
-            size = 0
-            while lane.waiting and len(batch) < MAX_RECEIVE_MESSAGES:
-                next_size = _encoded_size(lane.waiting[0][0])
-                if batch and size + next_size > MAX_BATCH_BYTES:
-                    break
-                size += next_size
-                batch.append(lane.waiting.popleft())
+            batch = _fill([], lane.waiting)
             lane.sending += 1
-            task = asyncio.get_running_loop().create_task(self._send_batch(url, batch))
+            task = asyncio.get_running_loop().create_task(self._send_batch(url, batch, lane.waiting))
             self._flushes.add(task)
             task.add_done_callback(functools.partial(self._sent, url, lane))
 
@@ -126,7 +121,9 @@ class Responder:
         lane.sending -= 1
         self._pump(url, lane)
 
-    async def _send_batch(self, url: str, batch: list[tuple[str, asyncio.Future[None]]]) -> None:
+    async def _send_batch(self, url: str, batch: list[tuple[str, asyncio.Future[None]]],
+                          waiting: deque[tuple[str, asyncio.Future[None]]]) -> None:
+        _fill(batch, waiting)  # what came since this send was started
         entries = [{"Id": str(i), "MessageBody": body} for i, (body, _) in enumerate(batch)]
         try:
             answer = await retrying(lambda: self.aws.sqs.send_message_batch(QueueUrl=url, Entries=entries),
@@ -146,3 +143,16 @@ class Responder:
                 done.set_result(None)
             else:
                 done.set_exception(RuntimeError(f"SQS refused a response: {problem.get('Message')}"))
+
+
+def _fill(batch: list[tuple[str, asyncio.Future[None]]], waiting: deque[tuple[str, asyncio.Future[None]]]
+          ) -> list[tuple[str, asyncio.Future[None]]]:
+    """`batch` with what waits added, up to what one SendMessageBatch takes."""
+    size = sum(_encoded_size(body) for body, _ in batch)
+    while waiting and len(batch) < MAX_RECEIVE_MESSAGES:
+        next_size = _encoded_size(waiting[0][0])
+        if batch and size + next_size > MAX_BATCH_BYTES:
+            break
+        size += next_size
+        batch.append(waiting.popleft())
+    return batch

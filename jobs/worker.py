@@ -147,7 +147,7 @@ class Worker:
         protection.watch(holdings.__len__)
         responder = Responder(aws, self.names, responses_url, self.keep_trying)
         handler = Handler(serving, aws, self.names, self.settings.worker, responder, ledger, self.keep_trying)
-        capacity = Capacity(self._held_limit(serving))
+        capacity = Capacity(self._held_limit(serving), self.settings.queue.receive_max_messages)
         keeper = asyncio.create_task(holdings.run(), name="holdings")
         dead_letters = asyncio.create_task(drain_dead_letters(aws, self.names, responder, ledger, self._stop),
                                            name="dead-letters")

@@ -39,6 +39,34 @@ async def test_batches_stay_within_what_sqs_takes_counted_in_bytes(
     assert sorted(r["n"] for r in deployment.responses) == list(range(12))
 
 
+async def test_the_answers_of_one_turn_share_sends_and_a_lone_one_goes_at_once(
+        deployment: Deployment, monkeypatch: pytest.MonkeyPatch) -> None:
+    sqs = deployment.aws.sqs
+    batches: list[int] = []
+    send_batch = sqs.send_message_batch
+
+    async def recorded(**params: Any) -> Any:  # still sent: only the batch's size is noted
+        batches.append(len(params["Entries"]))
+        return await send_batch(**params)
+
+    monkeypatch.setattr(sqs, "send_message_batch", recorded)
+    responder = Responder(deployment.aws, deployment.names, deployment.responses_url, lambda: True)
+    url = deployment.responses_url
+    await responder.send(url, '{"n": -1}')
+    assert batches == [1]
+    # A model batch's answers come in one turn of the loop: two sends start at once, each with ten,
+    # and the rest follows in a third (none goes out alone ahead of the others).
+    await asyncio.gather(*(responder.send(url, f'{{"n": {n}}}') for n in range(25)))
+    assert sorted(batches[1:]) == [5, 10, 10]
+
+    async def all_arrived() -> bool:
+        await deployment.receive_responses()
+        return len(deployment.responses) == 26
+
+    await wait_until(all_arrived, 30, "every response to arrive")
+    assert sorted(r["n"] for r in deployment.responses) == list(range(-1, 25))
+
+
 async def test_messages_for_a_new_reply_queue_find_it_with_one_lookup(
         deployment: Deployment, monkeypatch: pytest.MonkeyPatch) -> None:
     sqs = deployment.aws.sqs

@@ -3,16 +3,18 @@ would send it, and answers and fails as aiobotocore's would, against moto's serv
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
 from aiobotocore.config import AioConfig
 from aiobotocore.session import AioSession
-from botocore.exceptions import ClientError
+from botocore.exceptions import ChecksumError, ClientError
 
 from batchserve.jobs.aws import AwsClients, error_code, is_missing, is_unavailable
 from batchserve.jobs.s3_objects import ObjectStore
+from batchserve.jobs.sqs_calls import INLINE_MD5_CHARS, _check_md5s
 from tests.jobs.queue_helpers import Deployment, unique_name
 
 KEYS = ("uploads/5f0c", "job-1/a b+c~d.json", "photos/ünïcode.jpg")
@@ -81,3 +83,38 @@ async def test_per_image_calls_answer_and_fail_as_aiobotocore_does(aws: AwsClien
     with pytest.raises(ClientError) as no_queue:
         await aws.sqs.send_message_batch(QueueUrl=gone, Entries=[{"Id": "0", "MessageBody": "x"}])
     assert is_missing(no_queue.value) and not is_unavailable(no_queue.value)
+
+
+async def test_long_bodies_are_checked_off_the_loop_and_arrive_whole(aws: AwsClients, deployment: Deployment) -> None:
+    bodies = [f'{{"n": {n}, "data": "{chr(97 + n) * 40_000}"}}' for n in range(3)]  # 120 KB: over INLINE_MD5_CHARS
+    assert sum(map(len, bodies)) > INLINE_MD5_CHARS
+    sent = await aws.sqs.send_message_batch(QueueUrl=deployment.requests_url, Entries=[
+        {"Id": str(n), "MessageBody": body} for n, body in enumerate(bodies)])
+    assert len(sent["Successful"]) == 3
+    got: list[str] = []
+    while len(got) < 3:
+        answer = await aws.sqs.receive_message(QueueUrl=deployment.requests_url, MaxNumberOfMessages=10,
+                                               WaitTimeSeconds=1)
+        got += [m["Body"] for m in answer.get("Messages", [])]
+    assert sorted(got) == sorted(bodies)
+
+
+@pytest.mark.parametrize("length", [100, 2 * INLINE_MD5_CHARS], ids=["on-the-loop", "in-a-thread"])
+async def test_a_body_that_does_not_match_its_md5_fails_as_botocore_fails(length: int) -> None:
+    body = "x" * length
+    good = hashlib.md5(body.encode(), usedforsecurity=False).hexdigest()
+    await _check_md5s([(good, body), (None, body)])  # SQS gave no MD5: nothing to check
+    with pytest.raises(ChecksumError):
+        await _check_md5s([(good, body), (good, body[:-1] + "y")])
+
+
+async def test_binary_attributes_go_out_as_base64(aws: AwsClients, deployment: Deployment) -> None:
+    blob = bytes(range(256))
+    await aws.sqs.send_message_batch(QueueUrl=deployment.requests_url, Entries=[{
+        "Id": "0", "MessageBody": "with an attribute",
+        "MessageAttributes": {"blob": {"DataType": "Binary", "BinaryValue": blob}}}])
+    # Read back through aiobotocore, which decodes what SQS stored.
+    answer = await aws.sqs.client.receive_message(QueueUrl=deployment.requests_url, WaitTimeSeconds=1,
+                                                  MessageAttributeNames=["All"])
+    (message,) = answer["Messages"]
+    assert message["MessageAttributes"]["blob"]["BinaryValue"] == blob
