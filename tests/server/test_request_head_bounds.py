@@ -6,6 +6,7 @@ without touching keep-alive, pipelining or heads within the bounds."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import os
@@ -15,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -346,19 +347,28 @@ async def refusing_app(scope: Any, receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": b"no"})
 
 
+@contextlib.asynccontextmanager
+async def refusing_server(**config: Any) -> AsyncIterator[int]:
+    """A server of `refusing_app` with the head-bounded protocol, on a free port (yielded)."""
+    loop = asyncio.get_running_loop()
+    settings = uvicorn.Config(refusing_app, lifespan="off", log_config=None, **config)
+    settings.load()
+    state = ServerState()
+    protocol = head_bounded(64 * 1024, 60.0)
+    server = await loop.create_server(
+        lambda: protocol(config=settings, server_state=state, app_state={}, _loop=loop), "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
 async def test_a_connection_answered_before_its_body_ended_still_times_out_when_idle() -> None:
     """uvicorn arms the keep-alive timer when the answer goes out and disarms it when more of the
     request arrives: a client that finishes its body after a refusal and then sends nothing
     would hold the connection forever. The timer is armed again once the request ends."""
-    loop = asyncio.get_running_loop()
-    config = uvicorn.Config(refusing_app, lifespan="off", log_config=None, timeout_keep_alive=1)
-    config.load()
-    state = ServerState()
-    protocol = head_bounded(64 * 1024, 60.0)
-    server = await loop.create_server(lambda: protocol(config=config, server_state=state, app_state={}, _loop=loop),
-                                      "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    try:
+    async with refusing_server(timeout_keep_alive=1) as port:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\n12345")
         assert (await reader.readuntil(b"no")).startswith(b"HTTP/1.1 503 ")
@@ -369,25 +379,14 @@ async def test_a_connection_answered_before_its_body_ended_still_times_out_when_
         async with asyncio.timeout(20):
             assert await reader.read() == b""
         writer.close()
-    finally:
-        server.close()
-        await server.wait_closed()
 
 
 async def test_an_answer_that_closes_before_the_body_ended_lets_the_client_finish_and_read_it() -> None:
     """`Connection: close` on a request answered before its body arrived (a 413 or a refusal):
     closed at once, the socket would be reset under a client still sending, and the answer lost.
     The server stops sending, reads and drops the rest, and closes once the client has."""
-    loop = asyncio.get_running_loop()
-    config = uvicorn.Config(refusing_app, lifespan="off", log_config=None)
-    config.load()
-    state = ServerState()
-    protocol = head_bounded(64 * 1024, 60.0)
-    server = await loop.create_server(lambda: protocol(config=config, server_state=state, app_state={}, _loop=loop),
-                                      "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
     body_bytes = 8 * 1024 * 1024  # far more than the sockets' buffers hold
-    try:
+    async with refusing_server() as port:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(f"POST / HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Length: {body_bytes}\r\n\r\n"
                      .encode() + bytes(1000))
@@ -400,6 +399,3 @@ async def test_an_answer_that_closes_before_the_body_ended_lets_the_client_finis
         async with asyncio.timeout(20):
             assert await reader.read() == b""  # then the server closes too
         writer.close()
-    finally:
-        server.close()
-        await server.wait_closed()
