@@ -189,6 +189,7 @@ async def test_model_control_takes_a_stored_admin_key_and_refuses_other_scopes(s
 async def test_auth_off_keeps_routes_open_but_applies_a_known_keys_limit(serve: Serve, tmp_path: Path) -> None:
     capped = await add_key(tmp_path / "events.sqlite3", unique("capped"), ("classify",), rate=1 / 3600, burst=1)
     async with serve() as (client, app):
+        await reload_keys(app)  # nothing waits for the key table's first read under --auth off: the test does
         assert (await client.get("/v1/models")).status_code == 200
         assert (await client.get("/v1/models", headers=bearer("bsk_whatever"))).status_code == 200
         first = await client.get("/v1/models", headers=bearer(capped.key))
@@ -200,6 +201,9 @@ async def test_events_name_the_key_never_the_key_itself(serve: Serve, tmp_path: 
     db = tmp_path / "events.sqlite3"
     alice = await add_key(db, "alice", ("classify",))
     async with serve(events=True) as (client, app):  # --auth off: every kind of caller gets through
+        # Under --auth off nothing waits for the key table's first read: the test does, so that
+        # alice's key is known when her request comes.
+        await reload_keys(app)
         await client.post("/v1/classify", content=jpeg_bytes(), headers=bearer(alice.key))
         await client.post("/v1/classify", content=jpeg_bytes(), headers={"X-API-Key": "made-up-key"})
         await client.post("/v1/classify", content=jpeg_bytes())
