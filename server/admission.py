@@ -92,7 +92,7 @@ def _declared_length(scope: Scope) -> int | None:
     return None
 
 
-def _expects_continue(scope: Scope) -> bool:
+def expects_continue(scope: Scope) -> bool:
     return any(key == b"expect" and value.lower() == b"100-continue" for key, value in scope.get("headers", ()))
 
 
@@ -107,13 +107,13 @@ class Admission:
     async def admit(self, scope: Scope, send: Send, route: ClassifyRoute) -> bool:
         """True when the request is admitted: it holds a place until `release`. False when it was
         refused (and answered here)."""
-        limit = self.state.config.limits.max_body_bytes
-        declared = _declared_length(scope)
-        if declared is not None and declared > limit:
+        declared = self.declared_over_limit(scope)
+        if declared is not None:
+            limit = self.state.config.limits.max_body_bytes
             # Refused before a byte is read; the connection stays open and the server skips the
             # rest of the body, so a client still sending it gets this answer (not a broken pipe).
             too_large = PayloadTooLarge(f"the request body is {declared} bytes, more than the {limit} accepted")
-            extra = CLOSE if _expects_continue(scope) else None
+            extra = CLOSE if expects_continue(scope) else None
             await refuse(scope, send, self.state.serving.recorder, describe(too_large), time.monotonic(), extra)
             return False
         refusal = self.refusal(route, take=True)
@@ -121,6 +121,11 @@ class Admission:
             await self._refuse(scope, send, refusal, time.monotonic())
             return False
         return True
+
+    def declared_over_limit(self, scope: Scope) -> int | None:
+        """The Content-Length the request declares when it is over the body limit (413 first), else None."""
+        declared = _declared_length(scope)
+        return declared if declared is not None and declared > self.state.config.limits.max_body_bytes else None
 
     def refusal(self, route: ClassifyRoute, *, take: bool) -> Overloaded | None:
         """Why a request to `route` is refused now (counted), or None: admitted, holding a place
@@ -150,7 +155,7 @@ class Admission:
         wait_s = self.gate.pacer.delay()
         if wait_s:
             await asyncio.sleep(wait_s)
-        extra = CLOSE if _expects_continue(scope) else None
+        extra = CLOSE if expects_continue(scope) else None
         await refuse(scope, send, self.state.serving.recorder, describe(refusal), started, extra)
 
     def receive_in_time(self, receive: Receive) -> Receive:

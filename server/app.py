@@ -157,6 +157,5 @@ def create_app(config: ServerConfig, *, load_in_background: bool = False, state:
         # Outermost: a raw-body classification takes the same steps as above in one coroutine.
         app.asgi_handler = ClassifyFastPath(app.asgi_handler, state, guard, admission)
     # For the server's HTTP protocol (server/lifecycle.py): refusals it may answer before the app.
-    app.state["early_refusal"] = EarlyRefusal(admission, guard, state.metrics, state.serving.recorder,
-                                              config.limits.max_body_bytes)
+    app.state["early_refusal"] = EarlyRefusal(admission, guard, state.metrics, state.serving.recorder)
     return app

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
 
-from batchserve.server.client_numbers import ascii_int
+from batchserve.server.admission import expects_continue
 from batchserve.server.door import classify_route, error_answer
 from batchserve.server.request_context import caller_of, request_id_of
 from batchserve.serving.errors import describe
@@ -44,27 +44,26 @@ if TYPE_CHECKING:
     from batchserve.server.metrics import Metrics
     from batchserve.serving.recording import Recorder
 
-# Headers that send a request the app's way: a key (see request_context.presented_key) or a
-# request to send the body only once told to.
-_APP_HEADERS = frozenset((b"authorization", b"x-api-key", b"x-admin-key", b"expect"))
+# Headers that carry a key (see request_context.presented_key): such a request is the app's.
+_KEY_HEADERS = frozenset((b"authorization", b"x-api-key", b"x-admin-key"))
+Headers = list[tuple[bytes, bytes]]
 
 
 class EarlyRefusal:
     """What the server's HTTP protocol asks (server/http_protocol.py) before it starts a request's
-    ASGI task: `answer` returns the complete refusal to write, or None to run the app."""
+    ASGI task: `answer` returns the refusal to write, or None to run the app."""
 
     def __init__(self, admission: Admission, guard: AuthGuard, metrics: Metrics | None, recorder: Recorder | None,
-                 max_body_bytes: int) -> None:
+                 ) -> None:
         self.admission = admission
         self.guard = guard
         self.metrics = metrics
         self.recorder = recorder
-        self.max_body_bytes = max_body_bytes
         self._proxy = ProxyHeadersMiddleware(_nothing)
 
-    def answer(self, scope: HTTPScope, default_headers: list[tuple[bytes, bytes]], keep_alive: bool, app: Any,
-               access_log: Callable[[HTTPScope, int], None] | None) -> bytes | None:
-        """The refusal's bytes (status line to body) when this request is refused here, its event
+    def answer(self, scope: HTTPScope, app: Any, access_log: Callable[[HTTPScope, int], None] | None,
+               ) -> tuple[int, Headers, bytes] | None:
+        """The refusal's status, headers and body when this request is refused here, its event
         recorded and its answer counted; None when the app is to answer it."""
         if scope["method"] != "POST" or self.guard.required:
             return None
@@ -97,18 +96,14 @@ class EarlyRefusal:
         if self.metrics is not None:
             self.metrics.observe_answer(scope, info.status, perf_started)
         admission.gate.answered_early += 1
-        return _http_answer(info.status, [*default_headers, *headers], keep_alive, body)
+        return info.status, headers, body
 
     def _plain(self, scope: Scope) -> bool:
-        """No key, no `Expect`, and a body the limit allows (as far as its length is declared)."""
-        for name, value in scope["headers"]:
-            if name in _APP_HEADERS:
-                return False
-            if name == b"content-length":
-                declared = ascii_int(value.decode("latin-1"), max_digits=19)
-                if declared is not None and declared > self.max_body_bytes:
-                    return False
-        return True
+        """No key, no `Expect: 100-continue`, and no declared body over the limit: what the app
+        answers differently (or first)."""
+        if any(name in _KEY_HEADERS for name, _ in scope["headers"]):
+            return False
+        return not expects_continue(scope) and self.admission.declared_over_limit(scope) is None
 
     def _as_the_app_sees_it(self, scope: HTTPScope, app: Any) -> HTTPScope:
         """The scope with the client (and scheme) uvicorn's ProxyHeadersMiddleware would give the
@@ -135,19 +130,6 @@ def uvicorn_access_log(logger: logging.Logger) -> Callable[[HTTPScope, int], Non
                     get_path_with_query_string(scope), scope["http_version"], status)  # type: ignore[arg-type]
 
     return log
-
-
-def _http_answer(status: int, headers: list[tuple[bytes, bytes]], keep_alive: bool, body: bytes) -> bytes:
-    """The answer as uvicorn writes it for the same ASGI messages."""
-    from uvicorn.protocols.http.httptools_impl import STATUS_LINE
-
-    content = [STATUS_LINE[status]]
-    for name, value in headers:
-        content.extend((name, b": ", value, b"\r\n"))
-    if not keep_alive:
-        content.append(b"connection: close\r\n")
-    content.extend((b"\r\n", body))
-    return b"".join(content)
 
 
 async def _nothing(scope: Any, receive: Any, send: Any) -> None:

@@ -17,14 +17,13 @@ requests is uvicorn's `timeout_keep_alive` business only.
 from __future__ import annotations
 
 import asyncio
-import http
 import logging
 from typing import TYPE_CHECKING, cast
 
 from uvicorn._types import ASGI3Application
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
 
-from batchserve.server.door import error_json
+from batchserve.server.door import error_answer
 from batchserve.server.early_refusal import EarlyRefusal, uvicorn_access_log
 from batchserve.serving.errors import ErrorInfo
 
@@ -57,10 +56,11 @@ class HeadBoundedProtocol(HttpToolsProtocol):
     _discarding = False  # a head was refused: nothing more on this connection is parsed or run
     _head_timer: asyncio.TimerHandle | None = None  # the head's deadline; after a refusal, the close
     _body_open = False  # a request's head is in and the rest of it (its body) is not
-    _answers_transport: _LingeringClose | None = None  # what each request's answer writes to
+    _answers_transport: _LingeringClose  # the transport as each request's answer sees it
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self._answers_transport = _LingeringClose(self)
         self._head_timer = self.loop.call_later(self.header_read_timeout_s, self._head_timed_out)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -108,10 +108,7 @@ class HeadBoundedProtocol(HttpToolsProtocol):
         cycle = self.cycle
         if cycle is not None and cycle.transport is self.transport:
             # Its task is only scheduled yet: it closes through close_after_answer from the start.
-            transport = self._answers_transport
-            if transport is None:
-                transport = self._answers_transport = _LingeringClose(self)
-            cycle.transport = transport  # type: ignore[assignment]
+            cycle.transport = self._answers_transport  # type: ignore[assignment]
 
     # The rest of a refused request (or of what follows it in the same chunk) is dropped, never
     # given to the earlier request's answer still in progress, if any.
@@ -136,7 +133,7 @@ class HeadBoundedProtocol(HttpToolsProtocol):
         early = self.early_refusal
         if early is not None and app is self.app:  # not uvicorn's own refusal past limit_concurrency
             try:
-                answer = early.answer(cast("HTTPScope", cycle.scope), cycle.default_headers, cycle.keep_alive, app,
+                answer = early.answer(cast("HTTPScope", cycle.scope), app,
                                       uvicorn_access_log(cycle.access_logger) if cycle.access_log else None)
             except Exception:  # the app then answers it, as it would without the early refusal
                 log.exception("early refusal failed")
@@ -144,7 +141,8 @@ class HeadBoundedProtocol(HttpToolsProtocol):
             if answer is not None:
                 cycle.response_started = cycle.response_complete = True
                 cycle.waiting_for_100_continue = False
-                self.transport.write(answer)
+                status, headers, body = answer
+                self.transport.write(self._http_answer(status, headers, body, keep_alive=cycle.keep_alive))
                 if not cycle.keep_alive:
                     self.close_after_answer()
                 cycle.on_response()
@@ -213,13 +211,22 @@ class HeadBoundedProtocol(HttpToolsProtocol):
             self.cycle.keep_alive = False
             return
         url: bytes = getattr(self, "url", b"")  # set by uvicorn once a request began
-        body = error_json(url.partition(b"?")[0].decode("latin-1"), ErrorInfo(status, code, message))
-        head = [f"HTTP/1.1 {status} {http.HTTPStatus(status).phrase}\r\n".encode()]
-        head.extend(name + b": " + value + b"\r\n" for name, value in self.server_state.default_headers)
-        head.append(b"content-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n" % len(body))
-        self.transport.write(b"".join(head) + body)
+        headers, body = error_answer(url.partition(b"?")[0].decode("latin-1"), ErrorInfo(status, code, message))
+        self.transport.write(self._http_answer(status, headers, body, keep_alive=False))
         # The rest of a large head may still be coming: see close_after_answer.
         self._linger()
+
+
+    def _http_answer(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes, *, keep_alive: bool,
+                     ) -> bytes:
+        """An answer written by the protocol itself, as uvicorn writes one the app sends."""
+        content = [STATUS_LINE[status]]
+        for name, value in (*self.server_state.default_headers, *headers):
+            content.extend((name, b": ", value, b"\r\n"))
+        if not keep_alive:
+            content.append(b"connection: close\r\n")
+        content.extend((b"\r\n", body))
+        return b"".join(content)
 
 
 class _LingeringClose:

@@ -55,18 +55,12 @@ class RefusalPacer:
 
     def would_wait(self) -> bool:
         """Whether a refusal answered now would have to wait (`delay` > 0); nothing is taken."""
-        now = self._clock()
-        if now - self._window_start >= RATE_WINDOW_S:
-            self._measure(now)
-        self._refill(now)
+        self._catch_up()
         return self._tokens < 1.0
 
     def delay(self) -> float:
         """Seconds the refusal being answered now should wait first (0 while within the pace)."""
-        now = self._clock()
-        if now - self._window_start >= RATE_WINDOW_S:
-            self._measure(now)
-        self._refill(now)
+        self._catch_up()
         rate = self.rate_per_s
         tokens = self._tokens - 1.0
         # Floored, so that more waiting refusals than the pace serves in `max_wait_s` cannot push
@@ -76,6 +70,13 @@ class RefusalPacer:
             return 0.0
         self.delayed_total += 1
         return min(-tokens / rate, self.max_wait_s)
+
+    def _catch_up(self) -> None:
+        """The rate and the tokens as of now."""
+        now = self._clock()
+        if now - self._window_start >= RATE_WINDOW_S:
+            self._measure(now)
+        self._refill(now)
 
     def _refill(self, now: float) -> None:
         """Tokens earned since the last refill, at the pace then in force."""
