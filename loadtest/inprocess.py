@@ -4,8 +4,10 @@ Three measurements, all on one encoded image (the bench posts the same file to t
 - `ort_rate`: ONNX Runtime alone on a ready [n, 3, 224, 224] batch;
 - `pipeline_rate`: decode + preprocess in a thread pool (as the server does), stack, infer (through
   the runner's batch function, in runs of its `run_size` as in the server), rank. The next batch
-  decodes while the current one infers, as the server's decode threads do while a batch runs, so
-  this is the ceiling a batching server can approach;
+  decodes while the current one infers, as the server's decode threads do while a batch runs, and
+  as many batches run at once as the model's `max_inflight_batches` lets the server run (on a
+  CPU, side by side single-threaded, as there: model_repo/runner.py), so this is the ceiling a
+  batching server can approach;
 - `single_latency`: one image at a time, start to finish (the floor for a request at concurrency 1).
 """
 
@@ -67,9 +69,12 @@ class InProcess:
     def __init__(self, model: str, model_repo: Path, image: bytes, decode_threads: int = 0) -> None:
         spec = find_model(model_repo, model)
         version = spec.servable_versions()[-1] if spec.servable_versions() else 1
+        self.callers = max(1, int(spec.batching.get("max_inflight_batches", 1)))
+        """Batches in progress at once, as the server's execution slots for this model."""
         self.runner = Runner(
             spec.model_path(version),
-            RunnerConfig(execution_providers=spec.execution_providers, intra_op_threads=spec.intra_op_threads),
+            RunnerConfig(execution_providers=spec.execution_providers, intra_op_threads=spec.intra_op_threads,
+                         single_threaded_when_overlapping=self.callers > 1),
             input_name=spec.input_name,
             output_name=spec.output_name,
             output_kind=spec.output_kind,
@@ -87,6 +92,8 @@ class InProcess:
     def warmup(self, batch_sizes: list[int]) -> None:
         for n in batch_sizes:
             self.runner.infer(self._batch(n))
+        if batch_sizes:
+            self.runner.warmup(max(batch_sizes))  # the runs of overlapping batches too, if any
 
     def _batch(self, n: int) -> np.ndarray:
         return np.ascontiguousarray(np.broadcast_to(self.tensor, (n, *self.tensor.shape)))
@@ -106,18 +113,28 @@ class InProcess:
         return [self.pool.submit(_prepare, self.image, self.preprocess) for _ in range(n)]
 
     def pipeline_rate(self, batch_size: int, duration: float) -> Rate:
+        start = time.perf_counter()
+        if self.callers == 1:
+            images = self._pipeline(batch_size, start + duration)
+        else:
+            with ThreadPoolExecutor(self.callers, thread_name_prefix="bench-batch") as callers:
+                runs = [callers.submit(self._pipeline, batch_size, start + duration) for _ in range(self.callers)]
+                images = sum(run.result() for run in runs)
+        return Rate(images, time.perf_counter() - start)
+
+    def _pipeline(self, batch_size: int, deadline: float) -> int:
+        """One caller's batches until `deadline`: how many images it classified."""
         pending = self._submit(batch_size)
-        images, start = 0, time.perf_counter()
+        images = 0
         while True:
             tensors = [f.result() for f in pending]
             pending = self._submit(batch_size)  # decodes while this batch infers
             _rank(self.runner.infer_samples(tensors))
             images += batch_size
-            elapsed = time.perf_counter() - start
-            if elapsed >= duration:
+            if time.perf_counter() >= deadline:
                 for f in pending:
                     f.result()
-                return Rate(images, elapsed)
+                return images
 
     def single_latency(self, duration: float) -> Latency:
         samples: list[float] = []

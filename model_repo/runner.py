@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
 from batchserve.model_repo.errors import ModelLoadError
-from batchserve.model_repo.providers import CPU, DEFAULT_PROVIDERS, session_providers
+from batchserve.model_repo.providers import CPU, DEFAULT_PROVIDERS, choose_providers, session_providers
 
 log = logging.getLogger("batchserve.runner")
 OUTPUT_KINDS = ("logits", "probabilities")
@@ -30,6 +32,11 @@ _SMALLEST_PROBABILITY = float(np.finfo(np.float32).tiny)
 # within noise. The int8 variant, loaded: 7-9 % less CPU per image, 1.11-1.14x the images/s.
 # An accelerator keeps whole batches: it is what they are gathered for.
 CPU_RUN_SIZE = 8
+# A run made while another batch runs too is single-threaded, and takes at most this many samples.
+# One thread, ONNX Runtime alone, EfficientNet-Lite0 fp32, ms per image (3 rounds): runs of 2:
+# 9.2-10.0, of 4: 9.3-9.6, of 8: 9.9-10.3; its arena grows by about 26, 58 and 110 MB for them.
+# Two such runs at once hold two runs' activations: 4 keeps that near one run of 8's memory.
+OVERLAPPING_RUN_SIZE = 4
 
 
 @dataclass(frozen=True)
@@ -50,6 +57,11 @@ class RunnerConfig:
     run_size: int | None = None
     """Most samples one ONNX Runtime run takes; a larger batch runs as consecutive runs of this
     size. None: CPU_RUN_SIZE on a CPU-only session, a whole batch per run with an accelerator."""
+    single_threaded_when_overlapping: bool = False
+    """On a CPU-only session whose runs use several threads: while two batches run at once, each
+    runs on one thread of its own (a second, single-threaded session) rather than both sharing
+    the intra-op pool; a batch running alone still uses every thread. See `Runner`. The server
+    sets it where batches can overlap (`max_inflight_batches` > 1)."""
 
     def __post_init__(self) -> None:
         if self.run_size is not None and self.run_size < 1:
@@ -68,6 +80,16 @@ class Runner:
     `infer` and `infer_samples` may be called from several threads at once: ONNX Runtime's
     `run` is thread-safe and releases the GIL, and each thread stacks its batch into a buffer
     of its own.
+
+    Overlapping batches on a CPU (`single_threaded_when_overlapping`). One run spread over every
+    core waits, operator by operator, for the slowest of its threads, and on cores it shares
+    with the server's decoders and event loop one of them is often preempted: the others then
+    sit idle. Two batches each on a thread of its own never wait for each other. So a CPU-only
+    runner with several intra-op threads keeps a second session with one, and a run made while
+    another batch is in `infer_samples` uses it; a batch alone, the lowest-latency case, keeps
+    every thread. With two execution slots (`max_inflight_batches = 2`), batches overlap only
+    when requests pile up. EfficientNet-Lite0 fp32 behind the HTTP server on 2 vCPUs, against
+    one slot and two threads: see docs/performance.md#cpu-lanes.
     """
 
     def __init__(
@@ -86,7 +108,11 @@ class Runner:
         self.input_name = input_name
         self.output_name = output_name
         self.output_kind = output_kind
-        self._session: ort.InferenceSession | None = _open_session(self.model_path, config)
+        # A single-threaded twin shares the process-wide CPU arena with its session: their runs'
+        # activations then take the memory of two runs at once at most, not two arenas' peaks.
+        twin = config.single_threaded_when_overlapping and _threads_per_run(config.intra_op_threads) > 1 \
+            and choose_providers(config.execution_providers, ort.get_available_providers()) == [CPU]
+        self._session: ort.InferenceSession | None = _open_session(self.model_path, config, shared_arena=twin)
         self.providers: list[str] = list(self._session.get_providers())
         inputs = {i.name: i for i in self._session.get_inputs()}
         outputs = {o.name: o for o in self._session.get_outputs()}
@@ -111,7 +137,15 @@ class Runner:
         if self.run_size is None and self.providers == [CPU]:
             self.run_size = CPU_RUN_SIZE
         self._local = threading.local()
-        log.info("%s: ONNX Runtime session on %s", self.model_path, ", ".join(self.providers))
+        self._single_threaded: ort.InferenceSession | None = None
+        """The session for runs made while batches overlap (None: every run uses `_session`)."""
+        if twin and self.providers == [CPU]:
+            self._single_threaded = _open_session(self.model_path, replace(config, intra_op_threads=1),
+                                                  shared_arena=True)
+        self._batches_running = 0
+        self._running_lock = threading.Lock()
+        log.info("%s: ONNX Runtime session on %s%s", self.model_path, ", ".join(self.providers),
+                 "; overlapping batches run single-threaded" if self._single_threaded is not None else "")
 
     def _classes(self, output_shape: Sequence[int | str | None]) -> int:
         if output_shape and isinstance(output_shape[-1], int):
@@ -119,9 +153,18 @@ class Runner:
         # A symbolic class dimension: one probe run says what it is.
         return int(self.infer(np.zeros((self.fixed_batch or 1, *self.sample_shape), dtype=np.float32)).shape[-1])
 
+    @property
+    def overlapping_single_threaded(self) -> bool:
+        """Whether runs made while another batch runs use a single-threaded session of their own."""
+        return self._single_threaded is not None
+
     def infer(self, batch: np.ndarray) -> np.ndarray:
         """float32 [N, *sample_shape] -> float32 [N, classes] logits."""
-        session = self._session  # a local reference: close() during a run must not break it
+        return self._infer(batch, overlapping=False)
+
+    def _infer(self, batch: np.ndarray, *, overlapping: bool) -> np.ndarray:
+        # Local references: close() during a run must not break it.
+        session = self._single_threaded if overlapping and self._single_threaded is not None else self._session
         if session is None:
             raise RuntimeError(f"runner for {self.model_path} is closed")
         if not isinstance(batch, np.ndarray) or batch.dtype != np.float32:
@@ -144,27 +187,51 @@ class Runner:
         n = len(samples)
         if n == 0:
             return []
+        with self._running():
+            return self._infer_samples(samples)
+
+    @contextmanager
+    def _running(self) -> Iterator[None]:
+        with self._running_lock:
+            self._batches_running += 1
+        try:
+            yield
+        finally:
+            with self._running_lock:
+                self._batches_running -= 1
+
+    def _overlapping(self) -> bool:
+        """Whether a run made now shares the CPU with another batch's (and so runs single-threaded):
+        decided run by run, so a batch that started alone stops taking every thread at its next run."""
+        return self._single_threaded is not None and self._batches_running > 1
+
+    def _infer_samples(self, samples: list[np.ndarray]) -> list[np.ndarray]:
+        n = len(samples)
         for i, sample in enumerate(samples):
             if sample.shape != self.sample_shape:
                 raise ValueError(f"sample {i} has shape {list(sample.shape)}, expected {list(self.sample_shape)}")
-        rows = n
         if self.fixed_batch is not None:
             if n > self.fixed_batch:
                 raise ValueError(f"this graph takes at most {self.fixed_batch} samples per run, not {n}")
-            rows = self.fixed_batch
-        size = self.run_size
-        if self.fixed_batch is None and size is not None and n > size:
-            results: list[np.ndarray] = []
-            for start in range(0, n, size):
-                part = samples[start : start + size]
-                batch = self._buffer(len(part))
-                np.stack(part, out=batch)
-                results.extend(self.infer(batch))
-            return results
-        batch = self._buffer(rows)
-        np.stack(samples, out=batch[:n])
-        batch[n:] = 0.0
-        return list(self.infer(batch)[:n])
+            batch = self._buffer(self.fixed_batch)
+            np.stack(samples, out=batch[:n])
+            batch[n:] = 0.0
+            return list(self._infer(batch, overlapping=self._overlapping())[:n])
+        if self.run_size is None:
+            batch = self._buffer(n)
+            np.stack(samples, out=batch)
+            return list(self._infer(batch, overlapping=self._overlapping()))
+        results: list[np.ndarray] = []
+        start = 0
+        while start < n:
+            overlapping = self._overlapping()
+            size = min(self.run_size, OVERLAPPING_RUN_SIZE) if overlapping else self.run_size
+            part = samples[start : start + size]
+            batch = self._buffer(len(part))
+            np.stack(part, out=batch)
+            results.extend(self._infer(batch, overlapping=overlapping))
+            start += len(part)
+        return results
 
     def _buffer(self, n: int) -> np.ndarray:
         """This thread's staging buffer, grown to the largest batch seen; a view of its first n rows.
@@ -188,17 +255,30 @@ class Runner:
                 f"max_batch_size {max_batch_size}; lower max_batch_size or export it with a dynamic batch"
             )
         for n in sorted({1, max_batch_size}):
-            self.infer_samples([np.zeros(self.sample_shape, dtype=np.float32)] * n)
+            samples = [np.zeros(self.sample_shape, dtype=np.float32)] * n
+            self.infer_samples(samples)
+            if self._single_threaded is not None:
+                with self._running(), self._running():  # as if another batch ran beside it
+                    self._infer_samples(samples)
 
     def close(self) -> None:
-        """Release the session; runs already in progress finish, later calls raise RuntimeError."""
+        """Release the sessions; runs already in progress finish, later calls raise RuntimeError."""
         self._session = None
+        self._single_threaded = None
 
     def __enter__(self) -> Runner:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _threads_per_run(intra_op_threads: int) -> int:
+    """The intra-op threads a session gets: the setting, or for 0 ONNX Runtime's default of one per
+    core (physical cores; this counts the CPUs the process may use, which only ever errs high)."""
+    if intra_op_threads > 0:
+        return intra_op_threads
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def as_logits(scores: np.ndarray, output_kind: str) -> np.ndarray:
@@ -208,7 +288,24 @@ def as_logits(scores: np.ndarray, output_kind: str) -> np.ndarray:
     return scores
 
 
-def _open_session(path: Path, config: RunnerConfig) -> ort.InferenceSession:
+_shared_arena_lock = threading.Lock()
+_shared_arena_registered = False
+
+
+def _register_shared_cpu_arena() -> None:
+    """ONNX Runtime's process-wide CPU arena, drawn on by sessions opened with
+    `session.use_env_allocators` instead of an arena each; it grows by what is asked, not to the
+    next power of two. Measured (EfficientNet-Lite0 fp32, runs of 8): a second session with an
+    arena of its own added 112 MB once warm, sharing this one 40 MB (its weights and graph)."""
+    global _shared_arena_registered
+    with _shared_arena_lock:
+        if not _shared_arena_registered:
+            info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
+            ort.create_and_register_allocator(info, ort.OrtArenaCfg({"arena_extend_strategy": 1}))
+            _shared_arena_registered = True
+
+
+def _open_session(path: Path, config: RunnerConfig, *, shared_arena: bool = False) -> ort.InferenceSession:
     model_name = path.parent.parent.name or "NAME"
     build_hint = f"build it with `batchserve models build {model_name}`"
     if not path.is_file():
@@ -225,6 +322,9 @@ def _open_session(path: Path, config: RunnerConfig) -> ort.InferenceSession:
     options.add_session_config_entry("session.intra_op.allow_spinning", "1" if config.allow_spinning else "0")
     options.enable_mem_pattern = True
     options.enable_cpu_mem_arena = True
+    if shared_arena:
+        _register_shared_cpu_arena()
+        options.add_session_config_entry("session.use_env_allocators", "1")
     try:
         session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
     except Exception as exc:  # ORT's pybind exceptions share no useful base class

@@ -304,6 +304,7 @@ class ModelRegistry:
                 execution_providers=tuple(providers),
                 intra_op_threads=settings.runtime.intra_op_threads or spec.intra_op_threads,
                 trt_engine_cache_path=self.config.trt_engine_cache_path,
+                single_threaded_when_overlapping=batching.max_inflight_batches > 1,
             ),
             input_name=spec.input_name,
             output_name=spec.output_name,

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from batchserve.model_repo.errors import ModelLoadError
-from batchserve.model_repo.runner import CPU_RUN_SIZE, Runner, RunnerConfig
+from batchserve.model_repo.runner import CPU_RUN_SIZE, OVERLAPPING_RUN_SIZE, Runner, RunnerConfig
 from batchserve.model_repo.topk import softmax, top_k
 
 SAMPLE = (3, 224, 224)
@@ -152,13 +153,13 @@ def test_concurrent_batches_do_not_mix(runner: Runner) -> None:
 def _run_sizes(runner: Runner) -> list[int]:
     """Record the batch size of every ONNX Runtime run the runner makes from now on."""
     sizes: list[int] = []
-    infer = runner.infer
+    infer = runner._infer
 
-    def recording(batch: np.ndarray) -> np.ndarray:
+    def recording(batch: np.ndarray, *, overlapping: bool) -> np.ndarray:
         sizes.append(batch.shape[0])
-        return infer(batch)
+        return infer(batch, overlapping=overlapping)
 
-    runner.infer = recording  # type: ignore[method-assign]
+    runner._infer = recording  # type: ignore[method-assign]
     return sizes
 
 
@@ -305,3 +306,71 @@ def test_top_k_on_real_runner_output(runner: Runner) -> None:
         best = top_k(softmax(row), 5)
         assert len(best) == 5 and best[0][0] == int(np.argmax(row))
         assert all(a[1] >= b[1] for a, b in zip(best, best[1:], strict=False))
+
+
+# --- overlapping batches on a CPU ----------------------------------------------------------
+
+
+def test_a_multi_threaded_cpu_runner_keeps_a_single_threaded_session_for_overlapping_batches(tiny_classifier) -> None:
+    with Runner(tiny_classifier.path, RunnerConfig(intra_op_threads=2, single_threaded_when_overlapping=True)) as r:
+        assert r.overlapping_single_threaded
+    # Nothing to gain when every run is single-threaded already; not asked (batches never overlap).
+    with Runner(tiny_classifier.path, RunnerConfig(intra_op_threads=1, single_threaded_when_overlapping=True)) as r:
+        assert not r.overlapping_single_threaded
+    with Runner(tiny_classifier.path, RunnerConfig(intra_op_threads=2)) as r:
+        assert not r.overlapping_single_threaded
+
+
+def test_runs_made_while_another_batch_runs_are_single_threaded(tiny_classifier) -> None:
+    """A batch that starts alone uses every thread; a batch that enters while it runs, and the
+    first batch's next run, use the single-threaded session; each answers what it answers alone."""
+    config = RunnerConfig(intra_op_threads=2, run_size=2, single_threaded_when_overlapping=True)
+    with Runner(tiny_classifier.path, config) as r:
+        first, second = batch_of(6, seed=1), batch_of(2, seed=2)
+        want_first, want_second = np.stack(r.infer_samples(list(first))), np.stack(r.infer_samples(list(second)))
+        infer = r._infer
+        runs: list[tuple[str, bool]] = []
+        first_running, second_inside, first_ran_again = threading.Event(), threading.Event(), threading.Event()
+
+        def recording(batch: np.ndarray, *, overlapping: bool) -> np.ndarray:
+            who = threading.current_thread().name.split("_")[0]
+            runs.append((who, overlapping))
+            if who == "first" and len(runs) == 1:
+                first_running.set()
+                assert second_inside.wait(10)
+            elif who == "first" and len(runs) == 3:
+                first_ran_again.set()
+            elif who == "second":
+                second_inside.set()
+                assert first_ran_again.wait(10)  # still inside while the first batch makes its next run
+            return infer(batch, overlapping=overlapping)
+
+        r._infer = recording  # type: ignore[method-assign]
+        with ThreadPoolExecutor(1, thread_name_prefix="first") as a, \
+                ThreadPoolExecutor(1, thread_name_prefix="second") as b:
+            got_first = a.submit(r.infer_samples, list(first))
+            assert first_running.wait(10)
+            got_second = b.submit(r.infer_samples, list(second))
+            np.testing.assert_allclose(np.stack(got_first.result(10)), want_first, rtol=1e-5, atol=1e-5)
+            np.testing.assert_allclose(np.stack(got_second.result(10)), want_second, rtol=1e-5, atol=1e-5)
+        assert runs[:3] == [("first", False), ("second", True), ("first", True)]
+        assert len(runs) == 4  # 3 runs of 2 and 1
+        runs.clear()
+        r.infer_samples(list(second))
+        assert runs == [("MainThread", False)]  # alone again: every thread
+
+
+def test_runs_beside_another_batch_are_cut_smaller(tiny_classifier) -> None:
+    """Two single-threaded runs at once hold two runs' activations: each takes at most
+    OVERLAPPING_RUN_SIZE samples, and answers the same."""
+    config = RunnerConfig(intra_op_threads=2, single_threaded_when_overlapping=True)
+    with Runner(tiny_classifier.path, config) as r:
+        sizes = _run_sizes(r)
+        batch = batch_of(CPU_RUN_SIZE + 1, seed=5)
+        alone = np.stack(r.infer_samples(list(batch)))
+        assert sizes == [CPU_RUN_SIZE, 1]
+        sizes.clear()
+        with r._running():  # another batch is in the runner meanwhile
+            beside = np.stack(r.infer_samples(list(batch)))
+        assert sizes == [OVERLAPPING_RUN_SIZE, OVERLAPPING_RUN_SIZE, 1]
+        np.testing.assert_allclose(beside, alone, rtol=1e-5, atol=1e-5)

@@ -13,6 +13,7 @@ import pytest
 from batchserve.model_repo.build import build_model
 from batchserve.server.options import build_config
 from batchserve.serving.config import ServingConfig
+from batchserve.serving.knobs import KnobOverrides
 from batchserve.serving.leases import lease_scope
 from batchserve.serving.registry import ModelRegistry
 
@@ -157,3 +158,21 @@ async def test_a_retired_version_finishes_the_requests_that_hold_it(two_versions
     assert await registry.wait_retired(timeout=30)
     assert old.batcher.closing and old.leases.count == 0
     await registry.close(timeout=10)
+
+
+@pytest.mark.parametrize(("slots", "single_threaded_twin"), [(1, False), (2, True)])
+async def test_a_model_whose_batches_can_overlap_runs_them_single_threaded(
+        two_versions: Path, slots: int, single_threaded_twin: bool) -> None:
+    """On a CPU, two execution slots give the runner a single-threaded session for overlapping
+    batches; one slot never overlaps, so it costs no second session."""
+    knobs = KnobOverrides({"max_inflight_batches": slots, "intra_op_threads": 2})
+    registry = ModelRegistry(ServingConfig(model_repo=two_versions, knobs=knobs))
+    await registry.load("tiny")
+    try:
+        model = registry.find("tiny")
+        assert model.batching.max_inflight_batches == slots
+        assert model.runner is not None and model.runner.overlapping_single_threaded is single_threaded_twin
+        outcome = await model.batcher.submit([np.zeros((3, 224, 224), np.float32)] * 3)
+        assert len(outcome.results) == 3
+    finally:
+        await registry.close(timeout=10)
