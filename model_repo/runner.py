@@ -111,7 +111,8 @@ class Runner:
         # A single-threaded twin shares the process-wide CPU arena with its session: their runs'
         # activations then take the memory of two runs at once at most, not two arenas' peaks.
         twin = config.single_threaded_when_overlapping and _threads_per_run(config.intra_op_threads) > 1 \
-            and choose_providers(config.execution_providers, ort.get_available_providers()) == [CPU]
+            and choose_providers(config.execution_providers, ort.get_available_providers()) == [CPU] \
+            and _shared_cpu_arena()
         self._session: ort.InferenceSession | None = _open_session(self.model_path, config, shared_arena=twin)
         self.providers: list[str] = list(self._session.get_providers())
         inputs = {i.name: i for i in self._session.get_inputs()}
@@ -292,17 +293,23 @@ _shared_arena_lock = threading.Lock()
 _shared_arena_registered = False
 
 
-def _register_shared_cpu_arena() -> None:
+def _shared_cpu_arena() -> bool:
     """ONNX Runtime's process-wide CPU arena, drawn on by sessions opened with
     `session.use_env_allocators` instead of an arena each; it grows by what is asked, not to the
     next power of two. Measured (EfficientNet-Lite0 fp32, runs of 8): a second session with an
-    arena of its own added 112 MB once warm, sharing this one 40 MB (its weights and graph)."""
+    arena of its own added 112 MB once warm, sharing this one 40 MB (its weights and graph).
+    False when this build of ONNX Runtime cannot make one (a runner then keeps a single session)."""
     global _shared_arena_registered
     with _shared_arena_lock:
         if not _shared_arena_registered:
-            info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
-            ort.create_and_register_allocator(info, ort.OrtArenaCfg({"arena_extend_strategy": 1}))
+            try:
+                info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
+                ort.create_and_register_allocator(info, ort.OrtArenaCfg({"arena_extend_strategy": 1}))
+            except Exception as exc:  # noqa: BLE001 - ORT's pybind errors share no useful base class
+                log.warning("no shared CPU arena (%s): overlapping batches share the cores' threads", exc)
+                return False
             _shared_arena_registered = True
+        return True
 
 
 def _open_session(path: Path, config: RunnerConfig, *, shared_arena: bool = False) -> ort.InferenceSession:
@@ -323,7 +330,6 @@ def _open_session(path: Path, config: RunnerConfig, *, shared_arena: bool = Fals
     options.enable_mem_pattern = True
     options.enable_cpu_mem_arena = True
     if shared_arena:
-        _register_shared_cpu_arena()
         options.add_session_config_entry("session.use_env_allocators", "1")
     try:
         session = ort.InferenceSession(str(path), sess_options=options, providers=providers)

@@ -374,3 +374,21 @@ def test_runs_beside_another_batch_are_cut_smaller(tiny_classifier) -> None:
             beside = np.stack(r.infer_samples(list(batch)))
         assert sizes == [OVERLAPPING_RUN_SIZE, OVERLAPPING_RUN_SIZE, 1]
         np.testing.assert_allclose(beside, alone, rtol=1e-5, atol=1e-5)
+
+
+def test_without_a_shared_arena_a_runner_keeps_one_session(tiny_classifier, monkeypatch, caplog) -> None:
+    """A second session with an arena of its own would cost more memory than it is worth: where ONNX
+    Runtime cannot make the shared arena, overlapping batches share the one session's threads."""
+    from batchserve.model_repo import runner as runner_module
+
+    def refuse(*args: object) -> None:
+        raise RuntimeError("no environment allocators in this build")
+
+    monkeypatch.setattr(runner_module, "_shared_arena_registered", False)
+    monkeypatch.setattr(runner_module.ort, "create_and_register_allocator", refuse)
+    config = RunnerConfig(intra_op_threads=2, single_threaded_when_overlapping=True)
+    with caplog.at_level(logging.WARNING, logger="batchserve.runner"), Runner(tiny_classifier.path, config) as r:
+        assert not r.overlapping_single_threaded
+        with r._running():
+            assert len(r.infer_samples(list(batch_of(5)))) == 5
+    assert any("no shared CPU arena" in record.getMessage() for record in caplog.records)
