@@ -114,12 +114,9 @@ class InProcess:
 
     def pipeline_rate(self, batch_size: int, duration: float) -> Rate:
         start = time.perf_counter()
-        if self.callers == 1:
-            images = self._pipeline(batch_size, start + duration)
-        else:
-            with ThreadPoolExecutor(self.callers, thread_name_prefix="bench-batch") as callers:
-                runs = [callers.submit(self._pipeline, batch_size, start + duration) for _ in range(self.callers)]
-                images = sum(run.result() for run in runs)
+        with ThreadPoolExecutor(self.callers, thread_name_prefix="bench-batch") as callers:
+            runs = [callers.submit(self._pipeline, batch_size, start + duration) for _ in range(self.callers)]
+            images = sum(run.result() for run in runs)
         return Rate(images, time.perf_counter() - start)
 
     def _pipeline(self, batch_size: int, deadline: float) -> int:

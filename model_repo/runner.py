@@ -140,7 +140,7 @@ class Runner:
         self._local = threading.local()
         self._single_threaded: ort.InferenceSession | None = None
         """The session for runs made while batches overlap (None: every run uses `_session`)."""
-        if twin and self.providers == [CPU]:
+        if twin:
             self._single_threaded = _open_session(self.model_path, replace(config, intra_op_threads=1),
                                                   shared_arena=True)
         self._batches_running = 0
@@ -164,8 +164,8 @@ class Runner:
         return self._infer(batch, overlapping=False)
 
     def _infer(self, batch: np.ndarray, *, overlapping: bool) -> np.ndarray:
-        # Local references: close() during a run must not break it.
-        session = self._single_threaded if overlapping and self._single_threaded is not None else self._session
+        # A local reference: close() during a run must not break it.
+        session = self._single_threaded if overlapping else self._session
         if session is None:
             raise RuntimeError(f"runner for {self.model_path} is closed")
         if not isinstance(batch, np.ndarray) or batch.dtype != np.float32:
@@ -218,15 +218,12 @@ class Runner:
             np.stack(samples, out=batch[:n])
             batch[n:] = 0.0
             return list(self._infer(batch, overlapping=self._overlapping())[:n])
-        if self.run_size is None:
-            batch = self._buffer(n)
-            np.stack(samples, out=batch)
-            return list(self._infer(batch, overlapping=self._overlapping()))
+        run_size = self.run_size or n
         results: list[np.ndarray] = []
         start = 0
         while start < n:
             overlapping = self._overlapping()
-            size = min(self.run_size, OVERLAPPING_RUN_SIZE) if overlapping else self.run_size
+            size = min(run_size, OVERLAPPING_RUN_SIZE) if overlapping else run_size
             part = samples[start : start + size]
             batch = self._buffer(len(part))
             np.stack(part, out=batch)
